@@ -1,0 +1,5 @@
+//! Tollgate: an edge gateway. A per-core HTTP/1.1 reverse proxy (monoio
+//! workers), configured by one protobuf schema, observed through an admin
+//! listener. See docs/ARCHITECTURE.md for the map of modules.
+
+pub mod upstream;
