@@ -2,4 +2,5 @@
 //! workers), configured by one protobuf schema, observed through an admin
 //! listener. See docs/ARCHITECTURE.md for the map of modules.
 
+pub mod http;
 pub mod upstream;
