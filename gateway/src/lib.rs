@@ -3,4 +3,5 @@
 //! listener. See docs/ARCHITECTURE.md for the map of modules.
 
 pub mod http;
+pub mod metrics;
 pub mod upstream;

@@ -1,0 +1,715 @@
+//! Process metrics: per-route, per-cluster and per-worker counters written by
+//! workers without shared locks, and their Prometheus text exposition.
+//!
+//! Every statistic is sharded by worker: each worker writes its own
+//! cache-line-aligned shard, so no two workers write the same line on the
+//! request path. The control thread sums the shards when `/metrics` is scraped.
+//! The registries that hand out stats by name are locked only when a config
+//! snapshot is built and when metrics are encoded, never per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::upstream::Cluster;
+
+/// Upper bounds (seconds) of the upstream latency histogram buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Status classes 1xx..5xx, then "other" for codes outside 100..=599.
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Downstream errors are counted per exact status in 400..=599.
+const ERROR_STATUS_BASE: u16 = 400;
+const ERROR_STATUS_SLOTS: usize = 200;
+
+/// Sets the number of per-worker shards. Call once, before the first config
+/// snapshot is built and before workers start. Returns false when the count
+/// was already fixed (by an earlier call, or by stats used before this call
+/// with the default of one shard); counts stay correct then, only workers
+/// share shards and the per-worker series are merged.
+pub fn init(workers: usize) -> bool {
+    let mut applied = false;
+    GLOBAL.get_or_init(|| {
+        applied = true;
+        Stats::new(workers)
+    });
+    applied
+}
+
+fn global() -> &'static Stats {
+    GLOBAL.get_or_init(|| Stats::new(1))
+}
+
+/// Keeps one shard on its own cache line so workers never write a shared line.
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+fn shards<T: Default>(count: usize) -> Box<[Padded<T>]> {
+    (0..count).map(|_| Padded::default()).collect()
+}
+
+fn shard<T>(shards: &[Padded<T>], worker: usize) -> &T {
+    &shards[worker % shards.len()].0
+}
+
+fn sum<T>(shards: &[Padded<T>], field: impl Fn(&T) -> &AtomicU64) -> u64 {
+    shards.iter().map(|shard| field(&shard.0).load(Ordering::Relaxed)).sum()
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Default)]
+struct RouteShard {
+    classes: [AtomicU64; STATUS_CLASSES.len()],
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+/// Request counters of one (host, route), kept across config reloads.
+pub struct RouteStats {
+    shards: Box<[Padded<RouteShard>]>,
+}
+
+impl RouteStats {
+    pub fn record(&self, worker: usize, status: u16, request_bytes: u64, response_bytes: u64) {
+        let shard = shard(&self.shards, worker);
+        let class = match status {
+            100..=599 => usize::from(status / 100 - 1),
+            _ => STATUS_CLASSES.len() - 1,
+        };
+        bump(&shard.classes[class]);
+        shard.request_bytes.fetch_add(request_bytes, Ordering::Relaxed);
+        shard.response_bytes.fetch_add(response_bytes, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct ClusterShard {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_ns: AtomicU64,
+    connect_failures: AtomicU64,
+    timeouts: AtomicU64,
+    retries: AtomicU64,
+    ejections: AtomicU64,
+    bad_responses: AtomicU64,
+    new_connections: AtomicU64,
+    reused_connections: AtomicU64,
+}
+
+/// Upstream counters and the latency histogram of one cluster, by name.
+pub struct ClusterStats {
+    shards: Box<[Padded<ClusterShard>]>,
+}
+
+impl ClusterStats {
+    /// Records the time from sending the request to the upstream until its
+    /// response head arrived.
+    pub fn record_upstream(&self, worker: usize, latency: Duration) {
+        let shard = shard(&self.shards, worker);
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.partition_point(|bound| *bound < seconds);
+        bump(&shard.buckets[bucket]);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        shard.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn connect_failure(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).connect_failures);
+    }
+
+    pub fn timeout(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).timeouts);
+    }
+
+    pub fn retry(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).retries);
+    }
+
+    pub fn ejection(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).ejections);
+    }
+
+    pub fn bad_response(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).bad_responses);
+    }
+
+    pub fn new_connection(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).new_connections);
+    }
+
+    pub fn reused_connection(&self, worker: usize) {
+        bump(&shard(&self.shards, worker).reused_connections);
+    }
+}
+
+/// Counters of one worker; only that worker writes them.
+#[repr(align(64))]
+pub struct WorkerStats {
+    connections_opened: AtomicU64,
+    connections_closed: AtomicU64,
+    requests: AtomicU64,
+    pool_idle: AtomicI64,
+    /// Index = status - 400.
+    errors: Box<[AtomicU64]>,
+}
+
+impl WorkerStats {
+    fn new() -> WorkerStats {
+        WorkerStats {
+            connections_opened: AtomicU64::new(0),
+            connections_closed: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            pool_idle: AtomicI64::new(0),
+            errors: (0..ERROR_STATUS_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        bump(&self.connections_opened);
+    }
+
+    pub fn connection_closed(&self) {
+        bump(&self.connections_closed);
+    }
+
+    pub fn request(&self) {
+        bump(&self.requests);
+    }
+
+    /// Adds `delta` (negative when connections leave) to the idle pool size.
+    pub fn pool_idle_add(&self, delta: i64) {
+        self.pool_idle.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Counts a request rejected before routing (malformed, too large, ...).
+    /// Statuses outside 400..=599 are not errors and are ignored.
+    pub fn http_error(&self, status: u16) {
+        if let Some(slot) = status
+            .checked_sub(ERROR_STATUS_BASE)
+            .and_then(|i| self.errors.get(usize::from(i)))
+        {
+            bump(slot);
+        }
+    }
+
+    fn active_connections(&self) -> u64 {
+        // Closed first: both only grow, so opened read afterwards is never smaller.
+        let closed = self.connections_closed.load(Ordering::Relaxed);
+        self.connections_opened.load(Ordering::Relaxed).saturating_sub(closed)
+    }
+}
+
+/// Every statistic of the process; one global instance, separate ones in tests.
+struct Stats {
+    shards: usize,
+    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+    workers: Arc<[WorkerStats]>,
+}
+
+static GLOBAL: OnceLock<Stats> = OnceLock::new();
+
+impl Stats {
+    fn new(workers: usize) -> Stats {
+        let shards = workers.max(1);
+        Stats {
+            shards,
+            routes: Mutex::new(BTreeMap::new()),
+            clusters: Mutex::new(BTreeMap::new()),
+            workers: (0..shards).map(|_| WorkerStats::new()).collect(),
+        }
+    }
+
+    fn route_stats(&self, host: &str, route: &str) -> Arc<RouteStats> {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        routes
+            .entry((host.to_owned(), route.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(RouteStats {
+                    shards: shards(self.shards),
+                })
+            })
+            .clone()
+    }
+
+    fn cluster_stats(&self, cluster: &str) -> Arc<ClusterStats> {
+        let mut clusters = self.clusters.lock().unwrap_or_else(PoisonError::into_inner);
+        clusters
+            .entry(cluster.to_owned())
+            .or_insert_with(|| {
+                Arc::new(ClusterStats {
+                    shards: shards(self.shards),
+                })
+            })
+            .clone()
+    }
+
+    fn worker_stats(&self, worker: usize) -> &WorkerStats {
+        debug_assert!(
+            worker < self.workers.len(),
+            "worker {worker} beyond metrics::init({})",
+            self.workers.len()
+        );
+        &self.workers[worker % self.workers.len()]
+    }
+
+    fn encode(&self, generation: u64, clusters: &HashMap<String, Arc<Cluster>>) -> String {
+        let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let cluster_stats = self.clusters.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut clusters: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition {
+            generation,
+            routes,
+            cluster_stats,
+            clusters,
+            workers: self.workers.clone(),
+        }));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The stats of (host, route); the same object for the same names across
+/// config reloads, so counters never reset when a config is applied.
+pub fn route_stats(host: &str, route: &str) -> Arc<RouteStats> {
+    global().route_stats(host, route)
+}
+
+/// The stats of a cluster by name, kept across config reloads.
+pub fn cluster_stats(cluster: &str) -> Arc<ClusterStats> {
+    global().cluster_stats(cluster)
+}
+
+/// The counters of worker `worker` (0-based, below the count given to `init`).
+pub fn worker_stats(worker: usize) -> &'static WorkerStats {
+    global().worker_stats(worker)
+}
+
+/// Prometheus text exposition of every metric, with endpoint health read from
+/// `clusters` (the running snapshot's) and `generation` its config generation.
+pub fn encode(generation: u64, clusters: &HashMap<String, Arc<Cluster>>) -> String {
+    global().encode(generation, clusters)
+}
+
+/// One scrape's view of the stats plus the running snapshot's clusters.
+struct Exposition {
+    generation: u64,
+    routes: BTreeMap<(String, String), Arc<RouteStats>>,
+    cluster_stats: BTreeMap<String, Arc<ClusterStats>>,
+    clusters: Vec<Arc<Cluster>>,
+    workers: Arc<[WorkerStats]>,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposition")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A label value escaped as the text format requires (the encoder writes
+/// values verbatim).
+struct Escaped<'a>(&'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn counter(encoder: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: u64) -> std::fmt::Result {
+    encoder
+        .encode_family(labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+fn gauge(encoder: &mut MetricEncoder, labels: &impl EncodeLabelSet, value: i64) -> std::fmt::Result {
+    encoder.encode_family(labels)?.encode_gauge(&value)
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        // An info-typed metric is OpenMetrics-only; a gauge of 1 reads the
+        // same in both text formats.
+        let mut e = encoder.encode_descriptor("tollgate_info", "Build information.", None, MetricType::Gauge)?;
+        gauge(&mut e, &[("version", env!("CARGO_PKG_VERSION"))], 1)?;
+        let mut e = encoder.encode_descriptor(
+            "tollgate_config_generation",
+            "Generation of the running config snapshot.",
+            None,
+            MetricType::Gauge,
+        )?;
+        e.encode_gauge(&i64::try_from(self.generation).unwrap_or(i64::MAX))?;
+        encode_routes(&mut encoder, &self.routes)?;
+        encode_clusters(&mut encoder, &self.cluster_stats)?;
+        encode_endpoints(&mut encoder, &self.clusters)?;
+        encode_workers(&mut encoder, &self.workers)
+    }
+}
+
+fn encode_routes(
+    encoder: &mut DescriptorEncoder,
+    routes: &BTreeMap<(String, String), Arc<RouteStats>>,
+) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_requests",
+        "Requests answered, by virtual host, route and status class.",
+        None,
+        MetricType::Counter,
+    )?;
+    for ((host, route), stats) in routes {
+        for (index, class) in STATUS_CLASSES.iter().enumerate() {
+            let value = sum(&stats.shards, |s| &s.classes[index]);
+            // "other" appears only when something produced such a status.
+            if index < 5 || value > 0 {
+                counter(
+                    &mut e,
+                    &[
+                        ("host", Escaped(host)),
+                        ("route", Escaped(route)),
+                        ("class", Escaped(class)),
+                    ],
+                    value,
+                )?;
+            }
+        }
+    }
+    type Field = fn(&RouteShard) -> &AtomicU64;
+    let byte_counters: [(&str, &str, Field); 2] = [
+        (
+            "tollgate_request_bytes",
+            "Request body bytes received, by route.",
+            |s| &s.request_bytes,
+        ),
+        ("tollgate_response_bytes", "Response bytes sent, by route.", |s| {
+            &s.response_bytes
+        }),
+    ];
+    for (name, help, field) in byte_counters {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for ((host, route), stats) in routes {
+            counter(
+                &mut e,
+                &[("host", Escaped(host)), ("route", Escaped(route))],
+                sum(&stats.shards, field),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_clusters(
+    encoder: &mut DescriptorEncoder,
+    clusters: &BTreeMap<String, Arc<ClusterStats>>,
+) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_upstream_response_seconds",
+        "Time from sending a request upstream to receiving its response head.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (name, stats) in clusters {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .enumerate()
+            .map(|(index, bound)| (bound, sum(&stats.shards, |s| &s.buckets[index])))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let seconds = sum(&stats.shards, |s| &s.latency_sum_ns) as f64 / 1e9;
+        e.encode_family(&[("cluster", Escaped(name))])?
+            .encode_histogram::<NoLabelSet>(seconds, count, &buckets, None)?;
+    }
+    type Field = fn(&ClusterShard) -> &AtomicU64;
+    let cluster_counters: [(&str, &str, Field); 7] = [
+        (
+            "tollgate_upstream_connect_failures",
+            "Failed upstream connection attempts.",
+            |s| &s.connect_failures,
+        ),
+        (
+            "tollgate_upstream_timeouts",
+            "Upstream exchanges that timed out.",
+            |s| &s.timeouts,
+        ),
+        (
+            "tollgate_upstream_retries",
+            "Requests retried on another attempt.",
+            |s| &s.retries,
+        ),
+        (
+            "tollgate_upstream_ejections",
+            "Endpoints ejected after consecutive failures.",
+            |s| &s.ejections,
+        ),
+        (
+            "tollgate_upstream_bad_responses",
+            "Upstream responses that were malformed.",
+            |s| &s.bad_responses,
+        ),
+        (
+            "tollgate_upstream_connections_opened",
+            "Upstream connections opened.",
+            |s| &s.new_connections,
+        ),
+        (
+            "tollgate_upstream_connections_reused",
+            "Requests sent on a pooled connection.",
+            |s| &s.reused_connections,
+        ),
+    ];
+    for (name, help, field) in cluster_counters {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (cluster, stats) in clusters {
+            counter(&mut e, &[("cluster", Escaped(cluster))], sum(&stats.shards, field))?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_endpoints(encoder: &mut DescriptorEncoder, clusters: &[Arc<Cluster>]) -> std::fmt::Result {
+    type State = fn(&crate::upstream::Endpoint) -> bool;
+    let states: [(&str, &str, State); 3] = [
+        (
+            "tollgate_endpoint_healthy",
+            "1 when the endpoint takes traffic (health check passing, not ejected).",
+            |e| e.is_available(),
+        ),
+        (
+            "tollgate_endpoint_health_check_passing",
+            "1 when active health checks pass.",
+            |e| e.is_active_healthy(),
+        ),
+        (
+            "tollgate_endpoint_ejected",
+            "1 while the endpoint is passively ejected.",
+            |e| e.is_ejected(),
+        ),
+    ];
+    for (name, help, state) in states {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for cluster in clusters {
+            for endpoint in &cluster.endpoints().endpoints {
+                let address = endpoint.addr.to_string();
+                let labels = [("cluster", Escaped(&cluster.name)), ("endpoint", Escaped(&address))];
+                gauge(&mut e, &labels, i64::from(state(endpoint)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_workers(encoder: &mut DescriptorEncoder, workers: &[WorkerStats]) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_active_connections",
+        "Open downstream connections.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (index, worker) in workers.iter().enumerate() {
+        gauge(
+            &mut e,
+            &[("worker", index)],
+            i64::try_from(worker.active_connections()).unwrap_or(i64::MAX),
+        )?;
+    }
+    type Field = fn(&WorkerStats) -> &AtomicU64;
+    let worker_counters: [(&str, &str, Field); 2] = [
+        ("tollgate_connections", "Downstream connections accepted.", |w| {
+            &w.connections_opened
+        }),
+        ("tollgate_worker_requests", "Requests handled.", |w| &w.requests),
+    ];
+    for (name, help, field) in worker_counters {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (index, worker) in workers.iter().enumerate() {
+            counter(&mut e, &[("worker", index)], field(worker).load(Ordering::Relaxed))?;
+        }
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_upstream_pool_idle",
+        "Idle upstream connections in the worker's keep-alive pools.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (index, worker) in workers.iter().enumerate() {
+        gauge(&mut e, &[("worker", index)], worker.pool_idle.load(Ordering::Relaxed))?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_downstream_errors",
+        "Requests rejected before routing, by status.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (index, worker) in workers.iter().enumerate() {
+        for (offset, slot) in worker.errors.iter().enumerate() {
+            let value = slot.load(Ordering::Relaxed);
+            if value > 0 {
+                let status = usize::from(ERROR_STATUS_BASE) + offset;
+                counter(&mut e, &[("worker", index), ("status", status)], value)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{ClusterSettings, EndpointSpec, KeepaliveSettings, LbPolicy, OutlierSettings};
+
+    fn settings() -> ClusterSettings {
+        ClusterSettings {
+            lb_policy: LbPolicy::RoundRobin,
+            hash_header: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(3),
+            dns_refresh: Duration::from_secs(30),
+            keepalive: KeepaliveSettings {
+                max_idle: 200,
+                max_requests: 10_000,
+                idle_timeout: Duration::from_secs(100),
+            },
+            health_check: None,
+            outlier: OutlierSettings {
+                consecutive_failures: 0,
+                ejection_time: Duration::from_secs(30),
+            },
+        }
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn encodes_sums_over_worker_shards() {
+        let stats = Stats::new(4);
+        let route = stats.route_stats("api.example.com", "users");
+        assert!(
+            Arc::ptr_eq(&route, &stats.route_stats("api.example.com", "users")),
+            "same names, same stats"
+        );
+        route.record(0, 200, 10, 100);
+        route.record(3, 204, 5, 50);
+        route.record(1, 503, 0, 20);
+        route.record(2, 42, 0, 0);
+
+        let cluster = stats.cluster_stats("users-backend");
+        cluster.record_upstream(0, Duration::from_micros(300));
+        cluster.record_upstream(1, Duration::from_millis(3));
+        cluster.record_upstream(2, Duration::from_secs(20));
+        cluster.connect_failure(1);
+        cluster.connect_failure(2);
+        cluster.retry(3);
+        cluster.new_connection(0);
+        cluster.reused_connection(0);
+        cluster.reused_connection(1);
+
+        let worker = stats.worker_stats(2);
+        worker.connection_opened();
+        worker.connection_opened();
+        worker.connection_opened();
+        worker.connection_closed();
+        worker.request();
+        worker.pool_idle_add(5);
+        worker.pool_idle_add(-2);
+        worker.http_error(431);
+        worker.http_error(431);
+        worker.http_error(200);
+
+        let spec = EndpointSpec {
+            address: "127.0.0.1:9".into(),
+            weight: 1,
+        };
+        let upstream = Arc::new(Cluster::build("users-backend", settings(), vec![spec]).unwrap());
+        upstream.endpoints().endpoints[0].set_active_healthy(false);
+        let clusters = HashMap::from([("users-backend".to_owned(), upstream)]);
+
+        let text = stats.encode(7, &clusters);
+        let lines = lines(&text);
+        let expected = [
+            "tollgate_info{version=\"0.1.0\"} 1",
+            "tollgate_config_generation 7",
+            "# TYPE tollgate_requests counter",
+            "tollgate_requests_total{host=\"api.example.com\",route=\"users\",class=\"2xx\"} 2",
+            "tollgate_requests_total{host=\"api.example.com\",route=\"users\",class=\"4xx\"} 0",
+            "tollgate_requests_total{host=\"api.example.com\",route=\"users\",class=\"5xx\"} 1",
+            "tollgate_requests_total{host=\"api.example.com\",route=\"users\",class=\"other\"} 1",
+            "tollgate_request_bytes_total{host=\"api.example.com\",route=\"users\"} 15",
+            "tollgate_response_bytes_total{host=\"api.example.com\",route=\"users\"} 170",
+            "# TYPE tollgate_upstream_response_seconds histogram",
+            "tollgate_upstream_response_seconds_bucket{le=\"0.0005\",cluster=\"users-backend\"} 1",
+            "tollgate_upstream_response_seconds_bucket{le=\"0.001\",cluster=\"users-backend\"} 1",
+            "tollgate_upstream_response_seconds_bucket{le=\"0.005\",cluster=\"users-backend\"} 2",
+            "tollgate_upstream_response_seconds_bucket{le=\"10.0\",cluster=\"users-backend\"} 2",
+            "tollgate_upstream_response_seconds_bucket{le=\"+Inf\",cluster=\"users-backend\"} 3",
+            "tollgate_upstream_response_seconds_count{cluster=\"users-backend\"} 3",
+            "tollgate_upstream_response_seconds_sum{cluster=\"users-backend\"} 20.0033",
+            "tollgate_upstream_connect_failures_total{cluster=\"users-backend\"} 2",
+            "tollgate_upstream_retries_total{cluster=\"users-backend\"} 1",
+            "tollgate_upstream_timeouts_total{cluster=\"users-backend\"} 0",
+            "tollgate_upstream_connections_opened_total{cluster=\"users-backend\"} 1",
+            "tollgate_upstream_connections_reused_total{cluster=\"users-backend\"} 2",
+            "tollgate_endpoint_healthy{cluster=\"users-backend\",endpoint=\"127.0.0.1:9\"} 0",
+            "tollgate_endpoint_health_check_passing{cluster=\"users-backend\",endpoint=\"127.0.0.1:9\"} 0",
+            "tollgate_endpoint_ejected{cluster=\"users-backend\",endpoint=\"127.0.0.1:9\"} 0",
+            "tollgate_active_connections{worker=\"2\"} 2",
+            "tollgate_active_connections{worker=\"3\"} 0",
+            "tollgate_connections_total{worker=\"2\"} 3",
+            "tollgate_worker_requests_total{worker=\"2\"} 1",
+            "tollgate_upstream_pool_idle{worker=\"2\"} 3",
+            "tollgate_downstream_errors_total{worker=\"2\",status=\"431\"} 2",
+        ];
+        for line in expected {
+            assert!(lines.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("status=\"200\""),
+            "a 200 is not a downstream error:\n{text}"
+        );
+        assert!(
+            !lines.contains(&"tollgate_active_connections{worker=\"4\"} 0"),
+            "only 4 shards:\n{text}"
+        );
+    }
+
+    #[test]
+    fn escapes_label_values() {
+        let stats = Stats::new(1);
+        stats.route_stats("quote\"host", "back\\slash").record(0, 301, 0, 0);
+        let text = stats.encode(0, &HashMap::new());
+        let line = "tollgate_requests_total{host=\"quote\\\"host\",route=\"back\\\\slash\",class=\"3xx\"} 1";
+        assert!(lines(&text).contains(&line), "missing {line:?} in:\n{text}");
+    }
+}
