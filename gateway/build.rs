@@ -1,5 +1,12 @@
 //! Compiles the config/admin schema in `proto/` with prost, without a system protoc.
+//!
+//! Every config message also derives `serde::Deserialize` so the YAML file maps
+//! onto the schema 1:1: unknown keys are errors (a typo must not be ignored) and
+//! missing keys take the proto default. Enum fields are `i32` in prost, so they
+//! get deserializers that accept the enum's names (see `config::proto::de`).
 use anyhow::Context;
+
+const PACKAGE: &str = ".tollgate.config.v1";
 
 fn main() -> anyhow::Result<()> {
     let protos = ["proto/tollgate/config/v1/config.proto"];
@@ -7,7 +14,24 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"]).context("compiling the .proto files")?;
-    prost_build::Config::new()
+    let mut config = prost_build::Config::new();
+    config.message_attribute(
+        PACKAGE,
+        "#[derive(serde::Deserialize)]\n#[serde(default, deny_unknown_fields)]",
+    );
+    let custom_fields = [
+        ("Runtime.workers", "workers"),
+        ("Runtime.io", "io_driver"),
+        ("Cluster.lb_policy", "lb_policy"),
+        ("Cluster.endpoints", "endpoints"),
+    ];
+    for (field, helper) in custom_fields {
+        config.field_attribute(
+            format!("{PACKAGE}.{field}"),
+            format!("#[serde(deserialize_with = \"crate::config::proto::de::{helper}\")]"),
+        );
+    }
+    config
         .compile_fds(descriptors)
         .context("generating Rust code from the schema")?;
     Ok(())

@@ -1,0 +1,57 @@
+//! Configuration: the protobuf schema (`proto`), loading it from YAML,
+//! validation that reports every error with its field path, the defaults of
+//! unset fields (`defaults`, the only place they live), typed settings, and
+//! the immutable `Snapshot` the gateway runs on.
+//!
+//! Flow: YAML text → `proto::Config` (`parse_yaml`, `load_file`) →
+//! `Snapshot::build` (validate everything, then resolve clusters and compile
+//! routes, reusing unchanged parts of the previous snapshot).
+
+pub mod defaults;
+mod error;
+pub mod proto;
+mod settings;
+mod snapshot;
+mod validate;
+
+use std::path::Path;
+
+pub use error::{ConfigErrors, FieldError};
+pub use settings::{AccessLogTarget, HttpSettings, IoDriver, ListenerSettings, RuntimeSettings, WorkersSetting};
+pub use snapshot::Snapshot;
+pub use validate::validate;
+
+/// The config built into the binary (and the appliance image).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../image/config/default.yaml");
+
+/// Parses YAML text into the schema. Unknown keys and wrong types are errors;
+/// the message names the field and the line and column.
+pub fn parse_yaml(text: &str) -> Result<proto::Config, ConfigErrors> {
+    // An empty document is an empty config (which validation then explains).
+    if text
+        .lines()
+        .all(|line| line.trim().is_empty() || line.trim_start().starts_with('#'))
+    {
+        return Ok(proto::Config::default());
+    }
+    serde_yaml::from_str(text).map_err(|error| ConfigErrors::single("", error.to_string()))
+}
+
+/// Reads and parses a YAML config file; errors name the file.
+pub fn load_file(path: impl AsRef<Path>) -> Result<proto::Config, ConfigErrors> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigErrors::single("", format!("{}: {error}", path.display())))?;
+    parse_yaml(&text).map_err(|errors| {
+        ConfigErrors(
+            errors
+                .0
+                .into_iter()
+                .map(|error| FieldError {
+                    path: error.path,
+                    message: format!("{}: {}", path.display(), error.message),
+                })
+                .collect(),
+        )
+    })
+}
