@@ -12,6 +12,8 @@ mod error;
 pub mod proto;
 mod settings;
 mod snapshot;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::path::Path;

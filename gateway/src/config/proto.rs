@@ -35,23 +35,41 @@ pub(crate) mod de {
         deserializer.deserialize_any(WorkersVisitor)
     }
 
-    /// Accepts `prefix_lower_case_name` forms: "epoll" or "IO_DRIVER_EPOLL".
+    /// Accepts the short lower-case name ("epoll") or the full proto name
+    /// ("IO_DRIVER_EPOLL"). Errors come from the visitor so they carry the
+    /// field's own path.
     fn enum_by_name<'de, D: Deserializer<'de>>(
         deserializer: D,
-        prefix: &str,
+        prefix: &'static str,
         from_str_name: fn(&str) -> Option<i32>,
         names: &'static [&'static str],
     ) -> Result<i32, D::Error> {
-        let name = String::deserialize(deserializer)?;
-        let full = if name.starts_with(prefix) {
-            name.clone()
-        } else {
-            format!("{prefix}{}", name.to_ascii_uppercase())
-        };
-        match from_str_name(&full) {
-            Some(value) if name == full || name.bytes().all(|b| !b.is_ascii_uppercase()) => Ok(value),
-            _ => Err(de::Error::unknown_variant(&name, names)),
+        struct NameVisitor {
+            prefix: &'static str,
+            from_str_name: fn(&str) -> Option<i32>,
+            names: &'static [&'static str],
         }
+        impl Visitor<'_> for NameVisitor {
+            type Value = i32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "one of {}", self.names.join(", "))
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<i32, E> {
+                let value = if name.starts_with(self.prefix) {
+                    (self.from_str_name)(name)
+                } else if name.bytes().all(|b| !b.is_ascii_uppercase()) {
+                    (self.from_str_name)(&format!("{}{}", self.prefix, name.to_ascii_uppercase()))
+                } else {
+                    None
+                };
+                value.ok_or_else(|| E::unknown_variant(name, self.names))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor {
+            prefix,
+            from_str_name,
+            names,
+        })
     }
 
     pub fn io_driver<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {

@@ -1,0 +1,541 @@
+//! Tests of YAML loading, validation paths, defaults and snapshot reuse.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::route::RouteAction;
+use crate::upstream::LbPolicy;
+
+fn errors_of(yaml: &str) -> Vec<(String, String)> {
+    let config = parse_yaml(yaml).expect("yaml parses");
+    match Snapshot::build(config, None) {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(errors) => errors.0.into_iter().map(|error| (error.path, error.message)).collect(),
+    }
+}
+
+fn build(yaml: &str) -> Snapshot {
+    Snapshot::build(parse_yaml(yaml).expect("yaml parses"), None).unwrap_or_else(|errors| panic!("{errors}"))
+}
+
+/// Asserts the exact set of error paths, and that each message contains its fragment.
+fn assert_errors(yaml: &str, expected: &[(&str, &str)]) {
+    let errors = errors_of(yaml);
+    let paths: Vec<&str> = errors.iter().map(|(path, _)| path.as_str()).collect();
+    let expected_paths: Vec<&str> = expected.iter().map(|(path, _)| *path).collect();
+    assert_eq!(paths, expected_paths, "errors: {errors:#?}");
+    for ((_, message), (path, fragment)) in errors.iter().zip(expected) {
+        assert!(message.contains(fragment), "{path}: {message:?} lacks {fragment:?}");
+    }
+}
+
+const MINIMAL: &str = "
+listeners: [{name: http, address: 127.0.0.1:18080}]
+hosts:
+  - domains: ['*']
+    routes: [{direct_response: {body: hi}}]
+";
+
+#[test]
+fn default_config_validates_and_builds() {
+    let snapshot = Snapshot::build(parse_yaml(DEFAULT_CONFIG).unwrap(), None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.listeners.len(), 1);
+    assert_eq!(snapshot.listeners[0].name, "http");
+    assert_eq!(snapshot.listeners[0].address, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(snapshot.admin_address, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(snapshot.access_log, AccessLogTarget::Stdout);
+    let status = snapshot.router.route("localhost:8080", "/", &[]).expect("status route");
+    let RouteAction::Direct(direct) = &status.action else {
+        panic!("status route is not a direct response")
+    };
+    let body = std::str::from_utf8(&direct.body).unwrap();
+    assert!(
+        body.contains(&format!("tollgate {}", env!("CARGO_PKG_VERSION"))),
+        "{body}"
+    );
+    assert!(body.contains("http 0.0.0.0:8080"), "{body}");
+    let example = snapshot
+        .router
+        .route("any.host", "/example/a", &[])
+        .expect("example route");
+    let RouteAction::Proxy(proxy) = &example.action else {
+        panic!("example route does not proxy")
+    };
+    assert_eq!(&*proxy.cluster.name, "example");
+    assert_eq!(proxy.upstream_path("/example/a?b=1"), "/a?b=1");
+}
+
+#[test]
+fn yaml_maps_onto_the_schema() {
+    let config = parse_yaml(
+        "
+runtime: {workers: 4, io: epoll, drain_timeout: 5s, pin_workers: false}
+admin: {address: '127.0.0.1:19901'}
+access_log: {path: /var/log/tollgate.log}
+http: {request_id_header: X-Trace, forwarded_headers: false}
+listeners: [{name: http, address: '[::1]:18080', keepalive_requests: 7}]
+hosts:
+  - name: api
+    domains: [api.example.com, '*.example.com']
+    routes:
+      - name: r
+        match: {regex: '/v[0-9]+/.*', headers: [{name: x-env, exact: beta, invert: true}]}
+        proxy: {cluster: c, retry: {max_retries: 0, on_statuses: [503]}}
+        max_body_bytes: 1024
+clusters:
+  - name: c
+    lb_policy: CONSISTENT_HASH_NOT
+",
+    );
+    let message = config.unwrap_err().to_string();
+    assert!(message.contains("clusters[0].lb_policy"), "{message}");
+    assert!(message.contains("consistent_hash"), "{message}");
+
+    let config = parse_yaml(
+        "
+runtime: {workers: 4, io: IO_DRIVER_IO_URING}
+listeners: [{name: http, address: '127.0.0.1:18080'}]
+hosts:
+  - domains: ['*']
+    routes:
+      - match: {regex: '/v[0-9]+/.*', headers: [{name: x-env, exact: beta, invert: true}]}
+        proxy: {cluster: c, retry: {max_retries: 0, on_statuses: [503]}}
+clusters:
+  - name: c
+    lb_policy: consistent_hash
+    hash_header: X-User
+    endpoints: ['127.0.0.1:1', {address: '127.0.0.1:2', weight: 3}]
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let runtime = config.runtime.as_ref().unwrap();
+    assert_eq!(runtime.workers, "4");
+    assert_eq!(runtime.io, proto::IoDriver::IoUring as i32);
+    let route = &config.hosts[0].routes[0];
+    let matcher = route.r#match.as_ref().unwrap();
+    assert_eq!(matcher.regex, "/v[0-9]+/.*");
+    assert!(matcher.headers[0].invert);
+    assert_eq!(
+        route.proxy.as_ref().unwrap().retry.as_ref().unwrap().max_retries,
+        Some(0)
+    );
+    let cluster = &config.clusters[0];
+    assert_eq!(cluster.lb_policy, proto::LbPolicy::ConsistentHash as i32);
+    assert_eq!(
+        cluster.endpoints,
+        vec![
+            proto::Endpoint {
+                address: "127.0.0.1:1".into(),
+                weight: 0
+            },
+            proto::Endpoint {
+                address: "127.0.0.1:2".into(),
+                weight: 3
+            },
+        ]
+    );
+    let snapshot = Snapshot::build(config, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.runtime.workers, WorkersSetting::Count(4));
+    assert_eq!(snapshot.runtime.io, IoDriver::IoUring);
+    let cluster = &snapshot.clusters["c"];
+    assert_eq!(cluster.settings.lb_policy, LbPolicy::ConsistentHash);
+    assert_eq!(cluster.settings.hash_header.as_deref(), Some("x-user"));
+    assert_eq!(cluster.specs[0].weight, 1, "weight 0 means the default 1");
+    assert_eq!(cluster.specs[1].weight, 3);
+}
+
+#[test]
+fn every_io_and_lb_name_is_accepted() {
+    for (name, value) in [
+        ("auto", proto::IoDriver::Auto),
+        ("io_uring", proto::IoDriver::IoUring),
+        ("epoll", proto::IoDriver::Epoll),
+        ("IO_DRIVER_EPOLL", proto::IoDriver::Epoll),
+    ] {
+        let config = parse_yaml(&format!("runtime: {{io: {name}}}")).unwrap();
+        assert_eq!(config.runtime.unwrap().io, value as i32, "{name}");
+    }
+    for (name, value) in [
+        ("round_robin", proto::LbPolicy::RoundRobin),
+        ("least_request", proto::LbPolicy::LeastRequest),
+        ("consistent_hash", proto::LbPolicy::ConsistentHash),
+        ("LB_POLICY_LEAST_REQUEST", proto::LbPolicy::LeastRequest),
+    ] {
+        let config = parse_yaml(&format!("clusters: [{{name: c, lb_policy: {name}}}]")).unwrap();
+        assert_eq!(config.clusters[0].lb_policy, value as i32, "{name}");
+    }
+    let message = parse_yaml("runtime: {io: Epoll}").unwrap_err().to_string();
+    assert!(message.contains("runtime.io: unknown variant `Epoll`"), "{message}");
+}
+
+#[test]
+fn unknown_fields_and_syntax_errors_name_the_place() {
+    let message = parse_yaml("listeners:\n  - name: http\n    adress: 0.0.0.0:80\n")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("listeners[0]: unknown field `adress`"), "{message}");
+    assert!(message.contains("line 3 column 5"), "{message}");
+
+    let message = parse_yaml("runtime:\n  workers: a: b\n").unwrap_err().to_string();
+    assert!(message.contains("line 2 column 13"), "{message}");
+
+    let message = parse_yaml("runtime: {workers: [1]}").unwrap_err().to_string();
+    assert!(message.contains("runtime.workers"), "{message}");
+}
+
+#[test]
+fn load_file_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, MINIMAL).unwrap();
+    assert_eq!(load_file(&good).unwrap().listeners[0].name, "http");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "runtime: {wokers: 2}\n").unwrap();
+    let message = load_file(&bad).unwrap_err().to_string();
+    assert!(message.starts_with(&bad.display().to_string()), "{message}");
+    assert!(message.contains("unknown field `wokers`"), "{message}");
+    let missing = load_file(dir.join("missing.yaml")).unwrap_err().to_string();
+    assert!(missing.contains("missing.yaml"), "{missing}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn empty_config_needs_a_listener() {
+    assert_errors("# nothing here\n", &[("listeners", "at least one listener")]);
+}
+
+#[test]
+fn defaults_apply_in_one_place() {
+    let snapshot = build(
+        "
+listeners: [{name: http, address: 127.0.0.1:18080}]
+hosts:
+  - domains: ['*']
+    routes: [{proxy: {cluster: c}}]
+clusters: [{name: c, endpoints: ['127.0.0.1:1'], health_check: {}}]
+",
+    );
+    assert_eq!(
+        snapshot.runtime,
+        RuntimeSettings {
+            workers: WorkersSetting::Auto,
+            io: IoDriver::Auto,
+            drain_timeout: Duration::from_secs(30),
+            pin_workers: true,
+        }
+    );
+    assert_eq!(
+        snapshot.http,
+        HttpSettings {
+            request_id_header: "x-request-id".into(),
+            forwarded_headers: true,
+        }
+    );
+    assert_eq!(
+        snapshot.listeners[0],
+        ListenerSettings {
+            name: "http".into(),
+            address: "127.0.0.1:18080".parse().unwrap(),
+            max_request_header_bytes: 65536,
+            max_uri_bytes: 8192,
+            keepalive_timeout: Duration::from_secs(75),
+            keepalive_requests: 10_000,
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            backlog: 32_768,
+        }
+    );
+    let cluster = &snapshot.clusters["c"].settings;
+    assert_eq!(cluster.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(cluster.connect_timeout, Duration::from_secs(1));
+    assert_eq!(cluster.read_timeout, Duration::from_secs(3));
+    assert_eq!(cluster.send_timeout, Duration::from_secs(3));
+    assert_eq!(cluster.dns_refresh, Duration::from_secs(30));
+    assert_eq!(cluster.keepalive.max_idle, 200);
+    assert_eq!(cluster.keepalive.max_requests, 10_000);
+    assert_eq!(cluster.keepalive.idle_timeout, Duration::from_secs(100));
+    assert_eq!(cluster.outlier.consecutive_failures, 5);
+    assert_eq!(cluster.outlier.ejection_time, Duration::from_secs(30));
+    let health = cluster.health_check.as_ref().expect("health check on");
+    assert_eq!(health.path, "/");
+    assert_eq!(health.interval, Duration::from_secs(5));
+    assert_eq!(health.timeout, Duration::from_secs(1));
+    assert_eq!((health.healthy_threshold, health.unhealthy_threshold), (2, 3));
+    let route = snapshot.router.route("h", "/", &[]).unwrap();
+    assert_eq!(&*route.name, "0", "an unnamed route is named by its index");
+    assert_eq!(&*route.host_name, "*", "an unnamed host is named by its first domain");
+    let RouteAction::Proxy(proxy) = &route.action else {
+        panic!()
+    };
+    assert_eq!(proxy.max_retries, 0, "one endpoint leaves nothing to retry on");
+    assert_eq!(proxy.read_timeout, Duration::from_secs(3));
+}
+
+#[test]
+fn top_level_errors_have_exact_paths() {
+    assert_errors(
+        "
+runtime: {workers: 5000, drain_timeout: soon}
+admin: {address: 'localhost:9901'}
+http: {request_id_header: 'x id'}
+listeners:
+  - {name: a, address: '127.0.0.1:18080', keepalive_timeout: 0s, max_request_header_bytes: 10}
+  - {name: a, address: '127.0.0.1:18080'}
+  - {name: '', address: '127.0.0.1:9901'}
+  - {name: d}
+hosts: [{domains: ['*'], routes: [{direct_response: {}}]}]
+",
+        &[
+            ("runtime.workers", "\"auto\" or a number from 1 to 4096"),
+            ("runtime.drain_timeout", "invalid duration \"soon\""),
+            ("admin.address", "invalid address \"localhost:9901\""),
+            ("http.request_id_header", "invalid header name"),
+            ("listeners[0].max_request_header_bytes", "at least 1024"),
+            ("listeners[0].keepalive_timeout", "greater than zero"),
+            ("listeners[1].name", "duplicate listener name \"a\" (also listeners[0])"),
+            ("listeners[1].address", "duplicate listener address 127.0.0.1:18080"),
+            ("listeners[2].name", "must not be empty"),
+            ("listeners[2].address", "admin address"),
+            ("listeners[3].address", "must not be empty"),
+        ],
+    );
+    assert_errors(
+        &format!("{MINIMAL}runtime: {{workers: '0'}}"),
+        &[("runtime.workers", "from 1 to 4096")],
+    );
+}
+
+#[test]
+fn cluster_errors_have_exact_paths() {
+    assert_errors(
+        "
+listeners: [{name: http, address: 127.0.0.1:18080}]
+hosts: [{domains: ['*'], routes: [{proxy: {cluster: a}}]}]
+clusters:
+  - name: a
+    endpoints: ['127.0.0.1', 'host:0', '::1:80', {address: '10.0.0.1:80', weight: 1001}, '10.0.0.2:80', '10.0.0.2:80']
+    hash_header: x-user
+    connect_timeout: 1 parsec
+    health_check: {path: health, interval: 1s, timeout: 2s, expected_statuses: [200, 600]}
+    outlier_detection: {ejection_time: 0s}
+  - name: a
+    lb_policy: consistent_hash
+    hash_header: 'bad header'
+  - name: ''
+    endpoints: ['[::1]:80']
+",
+        &[
+            ("clusters[0].hash_header", "only used with lb_policy consistent_hash"),
+            ("clusters[0].connect_timeout", "invalid duration \"1 parsec\""),
+            ("clusters[0].health_check.path", "must start with '/'"),
+            ("clusters[0].health_check.timeout", "longer than the interval"),
+            (
+                "clusters[0].health_check.expected_statuses[1]",
+                "invalid HTTP status 600",
+            ),
+            ("clusters[0].outlier_detection.ejection_time", "greater than zero"),
+            ("clusters[0].endpoints[0].address", "expected host:port"),
+            ("clusters[0].endpoints[1].address", "expected host:port"),
+            ("clusters[0].endpoints[2].address", "expected host:port"),
+            ("clusters[0].endpoints[3].weight", "at most 1000"),
+            (
+                "clusters[0].endpoints[5].address",
+                "duplicate endpoint \"10.0.0.2:80\" (also endpoints[4])",
+            ),
+            ("clusters[1].name", "duplicate cluster name \"a\" (also clusters[0])"),
+            ("clusters[1].hash_header", "invalid header name \"bad header\""),
+            ("clusters[1].endpoints", "at least one endpoint"),
+            ("clusters[2].name", "must not be empty"),
+        ],
+    );
+}
+
+#[test]
+fn host_and_route_errors_have_exact_paths() {
+    assert_errors(
+        "
+listeners: [{name: http, address: 127.0.0.1:18080}]
+clusters: [{name: web, endpoints: ['127.0.0.1:1']}]
+hosts:
+  - name: one
+    domains: ['*', 'A.example.com', '*.example.com', 'a*.example.com', 'bad host']
+    routes:
+      - {name: r, proxy: {cluster: api}}
+      - {name: r, match: {prefix: /a, exact: /b}, direct_response: {}}
+      - {match: {regex: '(unclosed'}, direct_response: {status: 600}}
+      - {match: {exact: nope}, redirect: {status: 200, scheme: ftp, host: 'a b', path: x}}
+      - {match: {headers: [{name: 'x y'}, {name: x, exact: a, regex: b}, {name: y, regex: '['}]}, proxy: {cluster: web}}
+      - {proxy: {cluster: web}, redirect: {}}
+      - {}
+      - {match: {exact: /e}, proxy: {cluster: web, prefix_rewrite: /x, read_timeout: fast, retry: {on_statuses: [99]}}}
+      - {proxy: {cluster: web, prefix_rewrite: x, host_rewrite: 'a/b'}}
+      - {direct_response: {status_page: true, body: x}}
+  - name: two
+    domains: ['*', 'a.example.com', '*.EXAMPLE.com']
+    routes: []
+  - name: one
+    domains: []
+    routes: [{proxy: {cluster: ''}}]
+",
+        &[
+            ("hosts[0].domains[3]", "invalid wildcard domain \"a*.example.com\""),
+            ("hosts[0].domains[4]", "invalid domain \"bad host\""),
+            ("hosts[0].routes[0].proxy.cluster", "unknown cluster \"api\""),
+            ("hosts[0].routes[1].name", "duplicate route name \"r\" (also routes[0])"),
+            (
+                "hosts[0].routes[1].match",
+                "at most one of prefix, exact, regex may be set; found prefix, exact",
+            ),
+            ("hosts[0].routes[2].match.regex", "invalid regex"),
+            ("hosts[0].routes[2].direct_response.status", "invalid HTTP status 600"),
+            ("hosts[0].routes[3].match.exact", "must start with '/'"),
+            ("hosts[0].routes[3].redirect.status", "invalid redirect status 200"),
+            ("hosts[0].routes[3].redirect.scheme", "invalid scheme \"ftp\""),
+            ("hosts[0].routes[3].redirect.host", "invalid host \"a b\""),
+            ("hosts[0].routes[3].redirect.path", "must start with '/'"),
+            (
+                "hosts[0].routes[4].match.headers[0].name",
+                "invalid header name \"x y\"",
+            ),
+            ("hosts[0].routes[4].match.headers[1]", "at most one of exact, regex"),
+            ("hosts[0].routes[4].match.headers[2].regex", "invalid regex"),
+            ("hosts[0].routes[5]", "only one of proxy, redirect, direct_response"),
+            ("hosts[0].routes[6]", "needs one of proxy, redirect, direct_response"),
+            (
+                "hosts[0].routes[7].proxy.prefix_rewrite",
+                "only allowed on routes that match by prefix",
+            ),
+            ("hosts[0].routes[7].proxy.read_timeout", "invalid duration \"fast\""),
+            (
+                "hosts[0].routes[7].proxy.retry.on_statuses[0]",
+                "invalid HTTP status 99",
+            ),
+            ("hosts[0].routes[8].proxy.prefix_rewrite", "\"x\" must start with '/'"),
+            ("hosts[0].routes[8].proxy.host_rewrite", "invalid host \"a/b\""),
+            (
+                "hosts[0].routes[9].direct_response.body",
+                "not allowed together with status_page",
+            ),
+            (
+                "hosts[1].domains[0]",
+                "domain \"*\" is already used by hosts[0].domains[0]",
+            ),
+            (
+                "hosts[1].domains[1]",
+                "domain \"a.example.com\" is already used by hosts[0].domains[1]",
+            ),
+            (
+                "hosts[1].domains[2]",
+                "domain \"*.example.com\" is already used by hosts[0].domains[2]",
+            ),
+            ("hosts[1].routes", "at least one route"),
+            ("hosts[2].name", "duplicate host name \"one\" (also hosts[0])"),
+            ("hosts[2].domains", "at least one domain"),
+            ("hosts[2].routes[0].proxy.cluster", "must name a cluster"),
+        ],
+    );
+}
+
+#[test]
+fn errors_display_one_per_line() {
+    let errors = errors_of(&format!("{MINIMAL}runtime: {{workers: none, drain_timeout: x}}"));
+    let config = parse_yaml(&format!("{MINIMAL}runtime: {{workers: none, drain_timeout: x}}")).unwrap();
+    let text = validate(&config).unwrap_err().to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), errors.len());
+    assert!(
+        lines[0].starts_with("runtime.workers: invalid workers \"none\""),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("runtime.drain_timeout: invalid duration \"x\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn unresolvable_endpoint_is_a_cluster_error() {
+    assert_errors(
+        "
+listeners: [{name: http, address: 127.0.0.1:18080}]
+hosts: [{domains: ['*'], routes: [{proxy: {cluster: web}}]}]
+clusters: [{name: web, endpoints: ['no-such-host.invalid:80']}]
+",
+        &[("clusters[0].endpoints", "no-such-host.invalid:80")],
+    );
+}
+
+const TWO_CLUSTERS: &str = "
+listeners: [{name: http, address: 127.0.0.1:18080}]
+hosts:
+  - {name: a, domains: [a.test], routes: [{proxy: {cluster: a}}]}
+  - {name: b, domains: [b.test], routes: [{match: {regex: '/b.*'}, proxy: {cluster: b}}]}
+  - {name: s, domains: ['*'], routes: [{direct_response: {status_page: true}}]}
+clusters:
+  - {name: a, endpoints: ['127.0.0.1:1']}
+  - {name: b, endpoints: ['127.0.0.1:2', '127.0.0.1:3']}
+";
+
+#[test]
+fn unchanged_parts_are_reused_across_builds() {
+    let first = build(TWO_CLUSTERS);
+    let unchanged = Snapshot::build(parse_yaml(TWO_CLUSTERS).unwrap(), Some(&first)).unwrap();
+    assert!(unchanged.generation > first.generation);
+    assert!(Arc::ptr_eq(&first.clusters["a"], &unchanged.clusters["a"]));
+    assert!(Arc::ptr_eq(&first.clusters["b"], &unchanged.clusters["b"]));
+    for (old, new) in first.router.hosts().iter().zip(unchanged.router.hosts()) {
+        assert!(Arc::ptr_eq(old, new), "host {} rebuilt", old.name);
+    }
+
+    // Mark an endpoint of b down, then change b: the new cluster remembers.
+    first.clusters["b"].endpoints().endpoints[1].set_active_healthy(false);
+    let changed_b = TWO_CLUSTERS.replace("'127.0.0.1:3']", "'127.0.0.1:3'], connect_timeout: 2s");
+    let second = Snapshot::build(parse_yaml(&changed_b).unwrap(), Some(&first)).unwrap();
+    assert!(Arc::ptr_eq(&first.clusters["a"], &second.clusters["a"]));
+    assert!(!Arc::ptr_eq(&first.clusters["b"], &second.clusters["b"]));
+    assert_eq!(second.clusters["b"].settings.connect_timeout, Duration::from_secs(2));
+    let endpoints = second.clusters["b"].endpoints();
+    assert!(endpoints.endpoints[0].is_active_healthy());
+    assert!(!endpoints.endpoints[1].is_active_healthy(), "health carried over");
+    let hosts = second.router.hosts();
+    assert!(Arc::ptr_eq(&first.router.hosts()[0], &hosts[0]), "host a untouched");
+    assert!(
+        !Arc::ptr_eq(&first.router.hosts()[1], &hosts[1]),
+        "host b follows its cluster"
+    );
+    assert!(
+        Arc::ptr_eq(&first.router.hosts()[2], &hosts[2]),
+        "status page untouched"
+    );
+    let route = second.router.route("b.test", "/bx", &[]).unwrap();
+    let RouteAction::Proxy(proxy) = &route.action else {
+        panic!()
+    };
+    assert!(Arc::ptr_eq(&proxy.cluster, &second.clusters["b"]));
+
+    // A new listener changes the status page, so that host is rebuilt.
+    let more_listeners = TWO_CLUSTERS.replace(
+        "listeners: [{name: http, address: 127.0.0.1:18080}]",
+        "listeners: [{name: http, address: 127.0.0.1:18080}, {name: alt, address: 127.0.0.1:18081}]",
+    );
+    let third = Snapshot::build(parse_yaml(&more_listeners).unwrap(), Some(&second)).unwrap();
+    assert!(!Arc::ptr_eq(&second.router.hosts()[2], &third.router.hosts()[2]));
+    let RouteAction::Direct(page) = &third.router.route("x", "/", &[]).unwrap().action else {
+        panic!()
+    };
+    assert!(std::str::from_utf8(&page.body).unwrap().contains("alt 127.0.0.1:18081"));
+}
+
+#[test]
+fn a_rejected_config_leaves_no_trace() {
+    let first = build(TWO_CLUSTERS);
+    let broken = TWO_CLUSTERS.replace("cluster: a}", "cluster: zz}");
+    let Err(errors) = Snapshot::build(parse_yaml(&broken).unwrap(), Some(&first)) else {
+        panic!("a config with an unknown cluster was accepted")
+    };
+    assert_eq!(errors.0[0].path, "hosts[0].routes[0].proxy.cluster");
+    let next = Snapshot::build(parse_yaml(TWO_CLUSTERS).unwrap(), Some(&first)).unwrap();
+    assert!(Arc::ptr_eq(&first.clusters["a"], &next.clusters["a"]));
+}
