@@ -122,6 +122,15 @@ impl Conn {
         })
     }
 
+    /// Wraps an already connected stream (timeouts are the caller's).
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Vec::new(),
+            closed: false,
+        }
+    }
+
     pub fn stream(&mut self) -> &mut TcpStream {
         &mut self.stream
     }
@@ -296,4 +305,40 @@ impl Conn {
         let _ = self.stream.set_read_timeout(Some(IO_TIMEOUT));
         r
     }
+}
+
+/// Writes `len` pattern bytes (`crate::pattern_byte`) as a request body,
+/// either raw (the head carried Content-Length) or as chunks whose sizes vary,
+/// ending with the last chunk.
+pub fn write_pattern_body(w: &mut impl Write, len: u64, chunked: bool) -> io::Result<()> {
+    let mut buf = vec![0u8; crate::PATTERN_BLOCK];
+    crate::fill_pattern(&mut buf, 0);
+    let mut off = 0u64;
+    let mut turn = 0usize;
+    while off < len {
+        let n = (len - off).min(buf.len() as u64) as usize;
+        if chunked {
+            // Uneven chunk sizes (but whole blocks overall) exercise the parser's
+            // chunk boundaries.
+            let cut = [n, n / 3, n - n / 3][turn % 3].max(1).min(n);
+            let parts: &[&[u8]] = if cut == n {
+                &[&buf[..n]]
+            } else {
+                &[&buf[..cut], &buf[cut..n]]
+            };
+            for p in parts {
+                w.write_all(format!("{:x}\r\n", p.len()).as_bytes())?;
+                w.write_all(p)?;
+                w.write_all(b"\r\n")?;
+            }
+            turn += 1;
+        } else {
+            w.write_all(&buf[..n])?;
+        }
+        off += n as u64;
+    }
+    if chunked {
+        w.write_all(b"0\r\n\r\n")?;
+    }
+    Ok(())
 }

@@ -4,8 +4,9 @@
 //! `taskset`, or inside a cgroup), captures stdout (the access log) and stderr
 //! into files, and waits until every listener accepts and `/readyz` says 200.
 //!
-//! Port placeholders: `{{port:NAME}}` anywhere in the YAML becomes a free
-//! loopback port, the same one for the same NAME across `start` and `reload`.
+//! Port placeholders: `${NAME}` anywhere in the YAML becomes a free loopback
+//! port, the same one for the same NAME across `start` and `reload`
+//! (`"127.0.0.1:${http}"`).
 //! When the YAML has no top-level `admin:` key the harness adds one on a free
 //! port, so parallel tests never share the default 9901.
 
@@ -59,18 +60,18 @@ pub fn tollgate_bin() -> PathBuf {
     bin
 }
 
-/// Replaces every `{{port:NAME}}` with a port from (or newly added to) `ports`.
+/// Replaces every `${NAME}` with a port from (or newly added to) `ports`.
 fn expand_ports(yaml: &str, ports: &mut HashMap<String, u16>) -> String {
     let mut out = String::with_capacity(yaml.len());
     let mut rest = yaml;
-    while let Some(start) = rest.find("{{port:") {
+    while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
-        let after = &rest[start + 7..];
-        let end = after.find("}}").expect("unterminated {{port:NAME}} placeholder");
+        let after = &rest[start + 2..];
+        let end = after.find('}').expect("unterminated ${NAME} placeholder");
         let name = after[..end].trim().to_string();
         let port = *ports.entry(name).or_insert_with(free_port);
         out.push_str(&port.to_string());
-        rest = &after[end + 2..];
+        rest = &after[end + 1..];
     }
     out.push_str(rest);
     out
@@ -369,7 +370,7 @@ mod tests {
     #[test]
     fn placeholders_are_stable_and_admin_is_added() {
         let mut ports = HashMap::new();
-        let y = "listeners: [{name: http, address: \"127.0.0.1:{{port:http}}\"}]\nx: {{port:http}}";
+        let y = "listeners: [{name: http, address: \"127.0.0.1:${http}\"}]\nx: ${http}";
         let (text, listeners, admin) = prepare(y, &mut ports);
         let p = ports["http"];
         assert!(text.contains(&format!("x: {p}")));

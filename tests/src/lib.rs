@@ -18,6 +18,63 @@ pub use gateway::{Gateway, GatewayOptions};
 pub use nginx::Nginx;
 pub use upstream::{Behaviour, Upstream};
 
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// A YAML flow list of the upstreams' endpoints: `["127.0.0.1:1", "127.0.0.1:2"]`.
+pub fn eps(ups: &[&Upstream]) -> String {
+    let list: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.endpoint())).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// Connects to `addr` from the loopback source address `src` (any 127.x.y.z
+/// works on Linux), so tests can act as many client IPs.
+pub fn connect_from(src: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::from((src, 0)).into())?;
+    s.connect_timeout(&addr.into(), client::IO_TIMEOUT)?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(client::IO_TIMEOUT))?;
+    s.set_write_timeout(Some(client::IO_TIMEOUT))?;
+    Ok(s)
+}
+
+/// A loopback address where TCP connects hang: a listener with backlog 0
+/// that never accepts, its queue already full, so the kernel drops new SYNs.
+/// Keep the returned value alive while the address is in use.
+pub struct Blackhole {
+    _listener: socket2::Socket,
+    _fillers: Vec<socket2::Socket>,
+    pub addr: SocketAddr,
+}
+
+impl Blackhole {
+    pub fn new() -> Blackhole {
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+        l.listen(0).expect("listen");
+        let addr = l.local_addr().expect("addr").as_socket().expect("inet");
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+            // Once the queue is full these time out; that is the point.
+            let _ = s.connect_timeout(&addr.into(), Duration::from_millis(200));
+            fillers.push(s);
+        }
+        Blackhole {
+            _listener: l,
+            _fillers: fillers,
+            addr,
+        }
+    }
+}
+
+impl Default for Blackhole {
+    fn default() -> Self {
+        Blackhole::new()
+    }
+}
+
 /// FNV-1a 64-bit: a dependency-free digest so the echo upstream and the tests
 /// can compare large bodies without keeping them in memory.
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +98,10 @@ impl Fnv {
         format!("{:016x}", self.0)
     }
 }
+
+/// A buffer length that holds a whole number of pattern periods, so one
+/// filled buffer can be written again and again at any multiple offset.
+pub const PATTERN_BLOCK: usize = 251 * 256;
 
 /// The byte at offset `i` of every generated test body: a pattern that is not
 /// periodic at power-of-two sizes, so a dropped or repeated chunk changes the
@@ -69,5 +130,27 @@ pub fn pattern_hash(len: u64) -> String {
 pub fn fill_pattern(buf: &mut [u8], off: u64) {
     for (j, b) in buf.iter_mut().enumerate() {
         *b = pattern_byte(off + j as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blackhole_connects_hang() {
+        let b = Blackhole::new();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let r = s.connect_timeout(&b.addr.into(), Duration::from_millis(300));
+        assert!(r.is_err(), "connect to the blackhole succeeded");
+    }
+
+    #[test]
+    fn pattern_block_repeats() {
+        let mut a = vec![0u8; PATTERN_BLOCK];
+        let mut b = vec![0u8; PATTERN_BLOCK];
+        fill_pattern(&mut a, 0);
+        fill_pattern(&mut b, PATTERN_BLOCK as u64 * 7);
+        assert_eq!(a, b);
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::{fill_pattern, Fnv};
+use crate::{fill_pattern, Fnv, PATTERN_BLOCK};
 
 /// How the upstream answers ordinary (non-health) requests.
 #[derive(Clone, Debug)]
@@ -473,11 +473,12 @@ fn write_large(w: &mut TcpStream, port: u16, len: u64, chunked: bool, close: boo
         )
         .as_bytes(),
     )?;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Every write starts at a multiple of PATTERN_BLOCK, so one fill serves all.
+    let mut buf = vec![0u8; PATTERN_BLOCK];
+    fill_pattern(&mut buf, 0);
     let mut off = 0u64;
     while off < len {
         let n = (len - off).min(buf.len() as u64) as usize;
-        fill_pattern(&mut buf[..n], off);
         if chunked {
             w.write_all(format!("{n:x}\r\n").as_bytes())?;
             w.write_all(&buf[..n])?;

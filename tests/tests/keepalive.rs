@@ -1,0 +1,153 @@
+//! Keep-alive on both sides: many requests on one client connection reuse
+//! few upstream connections; pipelined requests are answered in order; the
+//! per-connection request limit and `Connection: close` end a connection;
+//! nginx as the upstream confirms reuse from its own log.
+
+use std::time::Duration;
+
+use tollgate_e2e::client::{raw_exchange, request, Conn};
+use tollgate_e2e::{eps, wait, Behaviour, Gateway, Nginx, Upstream};
+
+fn config(endpoints: &str, listener_extra: &str) -> String {
+    r#"
+runtime: {workers: 1}
+access_log: {path: "off"}
+listeners: [{name: http, address: "127.0.0.1:${http}" EXTRA}]
+hosts:
+  - {name: all, domains: ["*"], routes: [{name: all, proxy: {cluster: backend}}]}
+clusters:
+  - {name: backend, endpoints: UPS}
+"#
+    .replace("UPS", endpoints)
+    .replace("EXTRA", listener_extra)
+}
+
+#[test]
+fn reuse_on_both_sides() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    let mut max_conn_request = 0;
+    for i in 0..50 {
+        let r = c
+            .exchange(&request("GET", "ka.test", &format!("/{i}"), &[], None))
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert!(r.keeps_alive(), "response {i} closes the connection: {:?}", r.headers);
+        assert_eq!(r.json()["path"], format!("/{i}"));
+        max_conn_request = max_conn_request.max(r.json()["conn_request"].as_u64().unwrap());
+    }
+    assert_eq!(up.requests(), 50);
+    assert!(
+        up.connections() <= 2,
+        "50 requests used {} upstream connections",
+        up.connections()
+    );
+    assert!(
+        max_conn_request >= 25,
+        "upstream connection reuse peaked at {max_conn_request}"
+    );
+}
+
+#[test]
+fn pipelined_requests_answered_in_order() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    let mut all = Vec::new();
+    for i in 0..5 {
+        let body = format!("body-{i}");
+        all.extend(request(
+            "POST",
+            "ka.test",
+            &format!("/p{i}"),
+            &[],
+            Some(body.as_bytes()),
+        ));
+    }
+    c.send(&all).unwrap();
+    for i in 0..5 {
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["path"], format!("/p{i}"));
+        assert_eq!(r.json()["body_len"], format!("body-{i}").len());
+    }
+}
+
+#[test]
+fn keepalive_request_limit_closes_connection() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ", keepalive_requests: 3"));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    for i in 0..3 {
+        let r = c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.keeps_alive(), i < 2, "response {i}: {:?}", r.headers);
+    }
+    assert!(
+        c.peer_closed_within(Duration::from_secs(3)),
+        "connection open after the 3rd request"
+    );
+}
+
+#[test]
+fn client_connection_close_and_http10() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let a = gw.addr("http");
+    // raw_exchange reads until EOF: it returns promptly only if the gateway closes.
+    let t = std::time::Instant::now();
+    let out = raw_exchange(a, &request("GET", "ka.test", "/", &[("Connection", "close")], None));
+    assert!(out.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    let out10 = raw_exchange(a, b"GET /old HTTP/1.0\r\nHost: ka.test\r\n\r\n");
+    assert!(out10.starts_with(b"HTTP/1."), "{}", String::from_utf8_lossy(&out10));
+    assert!(String::from_utf8_lossy(&out10).contains(" 200 "));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "gateway kept closing connections open"
+    );
+}
+
+#[test]
+fn idle_client_connection_times_out() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ", keepalive_timeout: 300ms"));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    assert_eq!(
+        c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap().status,
+        200
+    );
+    assert!(
+        c.peer_closed_within(Duration::from_secs(3)),
+        "idle connection not closed after keepalive_timeout"
+    );
+}
+
+#[test]
+fn nginx_upstream_sees_reused_connections() {
+    let n = Nginx::start("server { listen 127.0.0.1:{{port}}; root {{dir}}/html; }");
+    std::fs::write(n.dir().join("html/index.html"), "static from nginx\n").unwrap();
+    let gw = Gateway::start(&config(&format!("[\"{}\"]", n.endpoint()), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    for _ in 0..20 {
+        let r = c
+            .exchange(&request("GET", "ka.test", "/index.html", &[], None))
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body_str(), "static from nginx\n");
+    }
+    assert!(
+        wait::until(Duration::from_secs(5), || n.access_entries().len() == 20),
+        "{}",
+        n.read("access.log")
+    );
+    let entries = n.access_entries();
+    let conns: std::collections::HashSet<u64> = entries.iter().map(|e| e.0).collect();
+    let max_reuse = entries.iter().map(|e| e.1).max().unwrap();
+    assert!(
+        conns.len() <= 2,
+        "nginx saw {} connections for 20 requests",
+        conns.len()
+    );
+    assert!(max_reuse >= 10, "nginx $connection_requests peaked at {max_reuse}");
+}
