@@ -74,7 +74,7 @@ fn reload_under_load_fails_no_request() {
             })
         })
         .collect();
-    for round in 1..=5 {
+    for round in 1..=5u32 {
         std::thread::sleep(Duration::from_millis(400));
         let up = if round.is_multiple_of(2) { &a } else { &b };
         gw.reload(&config(&format!("v{round}"), &[up]));
