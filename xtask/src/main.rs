@@ -1,1 +1,55 @@
-fn main(){}
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo
+//! does. This file only parses the command line and dispatches; each task
+//! lives in its own module.
+
+mod bench;
+mod cmd;
+mod fuzz;
+mod run;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tollgate build, test, bench and run automation")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs (apt packages, toolchains, cargo tools); idempotent.
+    Setup,
+    /// Setup, then format check, build, every test, clippy and a bounded fuzz run.
+    Test,
+    /// Build the release gateway and run it in the foreground with the embedded default config.
+    Run,
+    /// Run fuzz targets for a bounded time (needs `cargo xtask setup`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u32,
+        /// Targets to run; all when none given.
+        targets: Vec<String>,
+    },
+    /// Side-by-side benchmarks against nginx; results in target/bench/<name>.json.
+    Bench {
+        which: bench::Which,
+        /// Shorter runs (3 s each) for a quick look; numbers are noisier.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test => test::run(),
+        Task::Run => run::run(),
+        Task::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
+        Task::Bench { which, quick } => bench::run(which, quick),
+    }
+}

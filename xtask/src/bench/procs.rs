@@ -1,0 +1,187 @@
+//! The processes a bench starts (peers, the gateway) and their cleanup. Each
+//! one runs in its own process group so that nginx's workers die with their
+//! master; the group is killed when the guard drops, when xtask gets
+//! SIGINT/SIGTERM/SIGHUP, and (via PR_SET_PDEATHSIG) when xtask itself is killed.
+
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd;
+
+/// Process groups to kill from the signal handler (0 = free slot). A fixed
+/// array because a signal handler may not allocate or lock.
+static GROUPS: [AtomicI32; 16] = [const { AtomicI32::new(0) }; 16];
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    for slot in &GROUPS {
+        let pgid = slot.load(Ordering::SeqCst);
+        if pgid > 0 {
+            // SAFETY: kill(2) is async-signal-safe; a negative pid names a group.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+    // SAFETY: _exit(2) is async-signal-safe and skips non-reentrant cleanup.
+    unsafe { libc::_exit(128 + signal) };
+}
+
+/// Processes started by one bench, killed (with their children) on drop.
+pub struct Procs {
+    dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Procs {
+    /// A guard with a fresh scratch directory target/bench/tmp/<bench>.
+    pub fn new(bench: &str) -> Result<Self> {
+        let dir = cmd::repo_root().join("target/bench/tmp").join(bench);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the handler only touches atomics and async-signal-safe calls.
+            unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+        }
+        Ok(Procs {
+            dir,
+            children: Vec::new(),
+        })
+    }
+
+    /// Scratch directory for configs, logs, pid and temp files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts `program args` pinned to `cpu` with output in <dir>/<name>.log.
+    pub fn spawn(&mut self, name: &str, cpu: u32, program: &Path, args: &[&str]) -> Result<()> {
+        let log_path = self.log_path(name);
+        let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
+        let mut command = pinned(cpu, program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe, as required between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", cmd::display(&command)))?;
+        let pgid = i32::try_from(child.id()).context("pid out of range")?;
+        let slot = GROUPS
+            .iter()
+            .find(|s| s.compare_exchange(0, pgid, Ordering::SeqCst, Ordering::SeqCst).is_ok());
+        self.children.push((name.to_owned(), child));
+        if slot.is_none() {
+            bail!("more than {} bench processes", GROUPS.len());
+        }
+        Ok(())
+    }
+
+    /// Waits until `name` accepts connections on `addr`; fails early, with its
+    /// log, if it exits.
+    pub fn wait_listening(&mut self, name: &str, addr: SocketAddr) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            let child = &mut self
+                .children
+                .iter_mut()
+                .find(|(n, _)| n == name)
+                .context("no such process")?
+                .1;
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited ({status}) before listening on {addr}\n{}",
+                    self.log_tail(name)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{name} is not listening on {addr} after 15 s\n{}", self.log_tail(name));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    /// The last lines of a process's log, for error messages.
+    pub fn log_tail(&self, name: &str) -> String {
+        let path = self.log_path(name);
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- last lines of {} ---\n{}",
+            path.display(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        )
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let Ok(pgid) = i32::try_from(child.id()) else { continue };
+            // SAFETY: plain syscall; the group exists until we reap its leader below.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = child.wait();
+            for slot in &GROUPS {
+                let _ = slot.compare_exchange(pgid, 0, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// `taskset -c <cpu> <program>`.
+pub fn pinned(cpu: u32, program: &Path) -> Command {
+    let mut command = Command::new("taskset");
+    command.args(["-c", &cpu.to_string()]).arg(program);
+    command
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One `GET /` over a fresh connection; returns the status code and body.
+/// Checks that a proxy really proxies before load is put on it.
+pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response from {addr}: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

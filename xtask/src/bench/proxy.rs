@@ -1,0 +1,195 @@
+//! `cargo xtask bench proxy`: Tollgate and nginx as HTTP/1.1 reverse proxies
+//! to the same nginx upstream (12-byte body). Both proxies get one worker on
+//! CPU 1; the upstream and wrk share CPU 0, so the proxy is the bottleneck.
+//! Keep-alive first, then `Connection: close` (a new client connection per
+//! request). Each side runs twice, alternating, and its better run counts.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::procs::{free_port, http_get, Procs};
+use super::wrk::{self, Load, Outcome};
+use super::{build_gateway, Report, Row};
+use crate::cmd;
+
+const PROXY_CPU: u32 = 1;
+const LOAD_CPU: u32 = 0;
+const BODY: &str = "hello world\n";
+const ROUNDS: usize = 2;
+
+pub fn run(quick: bool) -> Result<()> {
+    let tollgate = build_gateway()?;
+    let nginx = Path::new("/usr/sbin/nginx");
+    if !nginx.exists() {
+        bail!("{} not found: run `cargo xtask setup`", nginx.display());
+    }
+
+    let mut procs = Procs::new("proxy")?;
+    let dir = procs.dir().to_path_buf();
+    let upstream: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let via_nginx: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let via_tollgate: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+
+    start_nginx(
+        &mut procs,
+        "upstream",
+        LOAD_CPU,
+        &upstream_conf(&dir, upstream),
+        upstream,
+    )?;
+    start_nginx(
+        &mut procs,
+        "nginx",
+        PROXY_CPU,
+        &proxy_conf(&dir, via_nginx, upstream),
+        via_nginx,
+    )?;
+    let config = dir.join("tollgate.yaml");
+    write(&config, &tollgate_conf(via_tollgate, admin, upstream))?;
+    let config_arg = config.to_str().context("non-UTF-8 path")?;
+    procs.spawn("tollgate", PROXY_CPU, &tollgate, &["run", "--config", config_arg])?;
+    procs.wait_listening("tollgate", via_tollgate)?;
+
+    let sides = [("nginx", via_nginx), ("tollgate", via_tollgate)];
+    for (side, addr) in sides {
+        let (status, body) = http_get(addr).with_context(|| format!("{side} on {addr}"))?;
+        if status != 200 || body != BODY {
+            bail!(
+                "{side} on {addr} answered {status} {body:?}, not 200 {BODY:?}\n{}",
+                procs.log_tail(side)
+            );
+        }
+    }
+
+    let seconds = if quick { 3 } else { 10 };
+    println!(
+        "bench proxy: wrk -t1 -c50 -d{seconds}s on CPU {LOAD_CPU}, upstream nginx on CPU {LOAD_CPU}, \
+         proxies on CPU {PROXY_CPU}, best of {ROUNDS}"
+    );
+    let mut report = Report::new("proxy");
+    for (case, close, prefix) in [("keep-alive", false, ""), ("close", true, "close_")] {
+        let load = Load {
+            connections: 50,
+            seconds,
+            close,
+            cpu: LOAD_CPU,
+        };
+        let mut best: [Option<Outcome>; 2] = [None, None];
+        for _ in 0..ROUNDS {
+            for (i, (side, addr)) in sides.iter().enumerate() {
+                let o = wrk::run(&format!("http://{addr}/"), &load).with_context(|| format!("{side}, {case}"))?;
+                if best[i].is_none_or(|b| o.rps > b.rps) {
+                    best[i] = Some(o);
+                }
+            }
+        }
+        let [Some(nginx), Some(tollgate)] = best else {
+            unreachable!("ROUNDS > 0")
+        };
+        for (side, outcome) in [("nginx", nginx), ("tollgate", tollgate)] {
+            report.rows.push(Row { case, side, outcome });
+            report.number(&format!("{side}_{prefix}rps"), outcome.rps);
+            report.number(&format!("{side}_{prefix}p99_ms"), outcome.p99_ms);
+            report.number(&format!("{side}_{prefix}errors"), outcome.errors as f64);
+        }
+        let key = if close { "close_ratio" } else { "ratio" };
+        report.number(key, tollgate.rps / nginx.rps);
+    }
+    drop(procs);
+
+    print!("{}", report.table());
+    let n = &report.numbers;
+    println!(
+        "ratio (tollgate/nginx): keep-alive {}, close {}",
+        n["ratio"], n["close_ratio"]
+    );
+    let path = report.write()?;
+    println!("wrote {}", path.display());
+    let failures: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| r.outcome.errors > 0)
+        .map(|r| format!("{} {}: {} errors", r.side, r.case, r.outcome.errors))
+        .collect();
+    if !failures.is_empty() {
+        bail!(
+            "the best runs had errors, so the numbers are not comparable: {}",
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+fn start_nginx(procs: &mut Procs, name: &str, cpu: u32, conf: &str, addr: SocketAddr) -> Result<()> {
+    let dir = procs.dir().to_path_buf();
+    let conf_path = dir.join(format!("{name}.conf"));
+    write(&conf_path, conf)?;
+    let error_log = dir.join(format!("{name}.error.log"));
+    let args = [
+        "-e",
+        error_log.to_str().context("non-UTF-8 path")?,
+        "-c",
+        conf_path.to_str().context("non-UTF-8 path")?,
+    ];
+    procs.spawn(name, cpu, Path::new("/usr/sbin/nginx"), &args)?;
+    procs.wait_listening(name, addr)
+}
+
+/// Settings both nginx instances share: foreground, one worker, every path in
+/// the scratch directory (nginx runs as root in CI and must not touch /var).
+fn nginx_main(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    let user = if cmd::is_root() { "user root;\n" } else { "" };
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\n{user}pid {d}/{name}.pid;\n\
+         error_log {d}/{name}.error.log warn;\nevents {{ worker_connections 4096; }}\n"
+    )
+}
+
+fn nginx_http_paths(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .iter()
+        .map(|t| format!("  {t}_temp_path {d}/{name}-{t};\n"))
+        .collect()
+}
+
+fn upstream_conf(dir: &Path, listen: SocketAddr) -> String {
+    format!(
+        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  server {{\n    listen {listen};\n    \
+         location / {{ default_type text/plain; return 200 \"hello world\\n\"; }}\n  }}\n}}\n",
+        main = nginx_main(dir, "upstream"),
+        paths = nginx_http_paths(dir, "upstream"),
+    )
+}
+
+/// nginx tuned like Tollgate's defaults: pooled upstream connections (200
+/// idle, 10,000 requests) and 10,000 requests per client connection.
+fn proxy_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  keepalive_timeout 75s;\n  \
+         upstream up {{ server {upstream}; keepalive 200; keepalive_requests 10000; keepalive_timeout 100s; }}\n  \
+         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        main = nginx_main(dir, "nginx"),
+        paths = nginx_http_paths(dir, "nginx"),
+    )
+}
+
+fn tollgate_conf(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "runtime: {{workers: 1}}\n\
+         admin: {{address: \"{admin}\"}}\n\
+         access_log: {{path: \"off\"}}\n\
+         listeners: [{{name: http, address: \"{listen}\"}}]\n\
+         hosts: [{{name: all, domains: [\"*\"], routes: [{{name: all, match: {{prefix: \"/\"}}, proxy: {{cluster: up}}}}]}}]\n\
+         clusters: [{{name: up, endpoints: [\"{upstream}\"]}}]\n"
+    )
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}

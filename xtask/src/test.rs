@@ -1,0 +1,125 @@
+//! `cargo xtask test`: what CI runs (`.ci/run`). Setup, then every check in
+//! sequence; a failed step does not hide the others, and the last line says
+//! what passed and what failed.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::{cmd, fuzz, setup};
+
+struct Step {
+    name: &'static str,
+    run: fn() -> Result<()>,
+    /// Skipped when this earlier step failed (its failure already explains it).
+    needs: Option<&'static str>,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        name: "fmt",
+        run: fmt,
+        needs: None,
+    },
+    // The end-to-end tests spawn target/debug/tollgate: build every binary first.
+    Step {
+        name: "build",
+        run: build,
+        needs: None,
+    },
+    Step {
+        name: "test",
+        run: test,
+        needs: Some("build"),
+    },
+    Step {
+        name: "clippy",
+        run: clippy,
+        needs: None,
+    },
+    Step {
+        name: "fuzz",
+        run: fuzz_all,
+        needs: None,
+    },
+];
+
+pub fn run() -> Result<()> {
+    let started = Instant::now();
+    setup::run()?;
+    let mut passed = Vec::new();
+    let mut failed = Vec::new();
+    let mut skipped = Vec::new();
+    for step in STEPS {
+        if step.needs.is_some_and(|n| failed.contains(&n)) {
+            skipped.push(step.name);
+            continue;
+        }
+        println!("==> {}", step.name);
+        let t = Instant::now();
+        match (step.run)() {
+            Ok(()) => {
+                println!("==> {} ok ({:.0?})", step.name, t.elapsed());
+                passed.push(step.name);
+            }
+            Err(e) => {
+                eprintln!("==> {} FAILED: {e:#}", step.name);
+                failed.push(step.name);
+            }
+        }
+    }
+    let took = started.elapsed().as_secs();
+    let mut summary = format!("passed: {}", passed.join(" "));
+    if !skipped.is_empty() {
+        summary += &format!("; skipped: {}", skipped.join(" "));
+    }
+    if failed.is_empty() {
+        println!("xtask test: OK in {}m{:02}s ({summary})", took / 60, took % 60);
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "xtask test: FAILED: {} in {}m{:02}s ({summary})",
+            failed.join(" "),
+            took / 60,
+            took % 60
+        )
+    }
+}
+
+fn fmt() -> Result<()> {
+    let root = cmd::repo_root();
+    cmd::run(cmd::cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    // The fuzz crate is its own workspace, so `--all` does not reach it.
+    cmd::run(
+        cmd::cargo()
+            .current_dir(&root)
+            .args(["fmt", "--check", "--manifest-path", "gateway/fuzz/Cargo.toml"]),
+    )
+}
+
+fn build() -> Result<()> {
+    cmd::run(
+        cmd::cargo()
+            .current_dir(cmd::repo_root())
+            .args(["build", "--workspace", "--bins"]),
+    )
+}
+
+fn test() -> Result<()> {
+    cmd::run(cmd::cargo().current_dir(cmd::repo_root()).args(["test", "--workspace"]))
+}
+
+fn clippy() -> Result<()> {
+    cmd::run(cmd::cargo().current_dir(cmd::repo_root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn fuzz_all() -> Result<()> {
+    fuzz::run(&[], fuzz::DEFAULT_SECONDS)
+}
