@@ -2,6 +2,8 @@
 //! workers), configured by one protobuf schema, observed through an admin
 //! listener. See docs/ARCHITECTURE.md for the map of modules.
 
+pub mod accesslog;
+pub mod admin;
 pub mod config;
 pub mod http;
 pub mod listener;
