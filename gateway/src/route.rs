@@ -442,3 +442,317 @@ pub struct DirectRoute {
     pub content_type: String,
     pub body: Bytes,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse_yaml, Snapshot};
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let base = "listeners: [{name: http, address: 127.0.0.1:18080}]\n\
+                    clusters: [{name: c, endpoints: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3']}]\n";
+        Snapshot::build(parse_yaml(&format!("{base}{yaml}")).unwrap(), None).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn header<'a>(name: &'a str, value: &'a str) -> httparse::Header<'a> {
+        httparse::Header {
+            name,
+            value: value.as_bytes(),
+        }
+    }
+
+    /// "host/route" of the route chosen, or "-" when none.
+    fn routed(router: &Router, host: &str, path: &str, headers: &[httparse::Header<'_>]) -> String {
+        router
+            .route(host, path, headers)
+            .map_or("-".to_owned(), |route| format!("{}/{}", route.host_name, route.name))
+    }
+
+    const HOSTS: &str = "
+hosts:
+  - {name: exact, domains: [api.example.com, '[::1]', 10.0.0.1], routes: [{direct_response: {}}]}
+  - {name: wild, domains: ['*.example.com'], routes: [{direct_response: {}}]}
+  - {name: deeper, domains: ['*.eu.example.com'], routes: [{direct_response: {}}]}
+  - {name: default, domains: ['*'], routes: [{direct_response: {}}]}
+";
+
+    #[test]
+    fn hosts_match_exact_then_longest_wildcard_then_default() {
+        let router = snapshot(HOSTS).router;
+        let cases = [
+            ("api.example.com", "exact/0"),
+            ("API.Example.COM:8443", "exact/0"),
+            ("api.example.com.", "exact/0"),
+            ("[::1]:80", "exact/0"),
+            ("[::1]", "exact/0"),
+            ("10.0.0.1:80", "exact/0"),
+            ("www.example.com", "wild/0"),
+            ("a.b.example.com", "wild/0"),
+            ("x.eu.example.com", "deeper/0"),
+            ("a.b.eu.example.com:80", "deeper/0"),
+            ("eu.example.com", "wild/0"),
+            ("example.com", "default/0"),
+            ("other.org", "default/0"),
+            ("[::2]:80", "default/0"),
+            ("", "default/0"),
+        ];
+        for (host, expected) in cases {
+            assert_eq!(routed(&router, host, "/", &[]), expected, "host {host:?}");
+        }
+        let without_default = snapshot(&HOSTS.replace("domains: ['*']", "domains: [only.test]")).router;
+        assert_eq!(routed(&without_default, "other.org", "/", &[]), "-");
+    }
+
+    #[test]
+    fn paths_match_by_prefix_exact_and_anchored_regex() {
+        let router = snapshot(
+            "
+hosts:
+  - domains: ['*']
+    routes:
+      - {name: exact, match: {exact: /exact}, direct_response: {}}
+      - {name: regex, match: {regex: '/v[0-9]+'}, direct_response: {}}
+      - {name: prefix, match: {prefix: /api/}, direct_response: {}}
+",
+        )
+        .router;
+        let cases = [
+            ("/exact", "exact"),
+            ("/exact/", "-"),
+            ("/v12", "regex"),
+            ("/v12/x", "-"),
+            ("/xv1", "-"),
+            ("/api/", "prefix"),
+            ("/api/users", "prefix"),
+            ("/api", "-"),
+        ];
+        for (path, expected) in cases {
+            let expected = if expected == "-" {
+                "-".to_owned()
+            } else {
+                format!("*/{expected}")
+            };
+            assert_eq!(routed(&router, "h", path, &[]), expected, "path {path}");
+        }
+    }
+
+    #[test]
+    fn headers_match_present_exact_regex_and_inverted() {
+        let router = snapshot(
+            "
+hosts:
+  - domains: ['*']
+    routes:
+      - {name: beta, match: {headers: [{name: X-Env, exact: beta}]}, direct_response: {}}
+      - {name: mobile, match: {headers: [{name: user-agent, regex: '.*Mobile.*'}]}, direct_response: {}}
+      - {name: traced, match: {headers: [{name: x-trace}, {name: x-debug, invert: true}]}, direct_response: {}}
+      - {name: not-json, match: {headers: [{name: accept, exact: application/json, invert: true}]}, direct_response: {}}
+      - {name: rest, direct_response: {}}
+",
+        )
+        .router;
+        let cases: [(&[httparse::Header<'_>], &str); 8] = [
+            (&[header("x-env", "beta")], "beta"),
+            (&[header("X-ENV", "beta")], "beta"),
+            (&[header("x-env", "alpha"), header("x-env", "beta")], "beta"),
+            (&[header("x-env", "Beta"), header("accept", "application/json")], "rest"),
+            (
+                &[
+                    header("User-Agent", "Foo Mobile/1"),
+                    header("accept", "application/json"),
+                ],
+                "mobile",
+            ),
+            (
+                &[header("x-trace", "1"), header("accept", "application/json")],
+                "traced",
+            ),
+            (
+                &[
+                    header("x-trace", "1"),
+                    header("x-debug", "1"),
+                    header("accept", "application/json"),
+                ],
+                "rest",
+            ),
+            (&[], "not-json"),
+        ];
+        for (headers, expected) in cases {
+            assert_eq!(
+                routed(&router, "h", "/", headers),
+                format!("*/{expected}"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn first_match_wins_in_config_order() {
+        let yaml = "
+hosts:
+  - domains: ['*']
+    routes:
+      - {name: api, match: {prefix: /api}, direct_response: {}}
+      - {name: api-v1, match: {prefix: /api/v1}, direct_response: {}}
+      - {name: exact-late, match: {exact: /api/v1/x}, direct_response: {}}
+      - {name: exact, match: {exact: /health}, direct_response: {}}
+      - {name: root, match: {prefix: /}, direct_response: {}}
+      - {name: exact-dead, match: {exact: /health}, direct_response: {}}
+";
+        let indexed = snapshot(yaml).router;
+        assert!(
+            indexed.hosts()[0].routes.index.is_some(),
+            "prefix/exact-only tables are indexed"
+        );
+        // The same table, forced into ordered evaluation by a header match that never applies.
+        let ordered = snapshot(&format!(
+            "{yaml}      - {{name: never, match: {{headers: [{{name: x-never}}]}}, direct_response: {{}}}}\n"
+        ))
+        .router;
+        assert!(ordered.hosts()[0].routes.index.is_none());
+        let cases = [
+            ("/api/v1/x", "api"),
+            ("/api", "api"),
+            ("/health", "exact"),
+            ("/healthz", "root"),
+            ("/", "root"),
+            ("/ap", "root"),
+            ("/é/x", "root"),
+        ];
+        for router in [&indexed, &ordered] {
+            for (path, expected) in cases {
+                assert_eq!(routed(router, "h", path, &[]), format!("*/{expected}"), "path {path}");
+            }
+        }
+        let no_root = snapshot(
+            "
+hosts:
+  - domains: ['*']
+    routes:
+      - {name: exact, match: {exact: /a}, direct_response: {}}
+      - {name: prefix, match: {prefix: /a}, direct_response: {}}
+",
+        )
+        .router;
+        assert_eq!(routed(&no_root, "h", "/a", &[]), "*/exact");
+        assert_eq!(routed(&no_root, "h", "/ab", &[]), "*/prefix");
+        assert_eq!(routed(&no_root, "h", "/b", &[]), "-");
+    }
+
+    #[test]
+    fn proxy_routes_rewrite_prefix_and_carry_limits() {
+        let snapshot = snapshot(
+            "
+hosts:
+  - domains: ['*']
+    routes:
+      - name: rewrite
+        match: {prefix: /old/}
+        max_body_bytes: 1000
+        proxy: {cluster: c, prefix_rewrite: /new/, host_rewrite: 'backend:8080', read_timeout: 10s, retry: {max_retries: 5, on_statuses: [502, 503]}}
+      - name: plain
+        match: {exact: /plain}
+        proxy: {cluster: c, retry: {max_retries: 0}}
+",
+        );
+        let route = snapshot.router.route("h", "/old/a/b", &[]).unwrap();
+        assert_eq!(route.max_body_bytes, Some(1000));
+        let RouteAction::Proxy(proxy) = &route.action else {
+            panic!()
+        };
+        assert_eq!(proxy.upstream_path("/old/a/b"), "/new/a/b");
+        assert_eq!(proxy.upstream_path("/old/?q=/old/"), "/new/?q=/old/");
+        assert_eq!(proxy.host_rewrite.as_deref(), Some("backend:8080"));
+        assert_eq!(proxy.read_timeout, Duration::from_secs(10));
+        assert_eq!(proxy.send_timeout, Duration::from_secs(3), "the cluster's");
+        assert_eq!(proxy.max_retries, 2, "capped at endpoints minus one");
+        assert_eq!(proxy.retry_on_statuses, vec![502, 503]);
+
+        let route = snapshot.router.route("h", "/plain", &[]).unwrap();
+        assert_eq!(route.max_body_bytes, None);
+        let RouteAction::Proxy(proxy) = &route.action else {
+            panic!()
+        };
+        assert!(matches!(proxy.upstream_path("/plain?x"), Cow::Borrowed("/plain?x")));
+        assert_eq!(proxy.max_retries, 0);
+    }
+
+    #[test]
+    fn redirect_locations() {
+        let redirect = |yaml: &str| {
+            let snapshot = snapshot(&format!("hosts: [{{domains: ['*'], routes: [{{redirect: {yaml}}}]}}]"));
+            let RouteAction::Redirect(redirect) = &snapshot.router.route("h", "/", &[]).unwrap().action else {
+                panic!()
+            };
+            redirect.clone()
+        };
+        let https = redirect("{scheme: https}");
+        assert_eq!(https.status(), 301);
+        assert_eq!(
+            https.location("http", "example.com:8080", "/a", Some("b=1")),
+            "https://example.com/a?b=1"
+        );
+        let same = redirect("{status: 308, path: /new}");
+        assert_eq!(same.status(), 308);
+        assert_eq!(
+            same.location("http", "example.com:8080", "/old", None),
+            "http://example.com:8080/new"
+        );
+        assert_eq!(
+            same.location("http", "[::1]:8080", "/old", None),
+            "http://[::1]:8080/new"
+        );
+        let moved = redirect("{host: other.test, port: 8443, scheme: https, strip_query: true, status: 302}");
+        assert_eq!(moved.status(), 302);
+        assert_eq!(
+            moved.location("http", "example.com", "/p", Some("q")),
+            "https://other.test:8443/p"
+        );
+        let default_port = redirect("{host: other.test, port: 443, scheme: https}");
+        assert_eq!(
+            default_port.location("http", "example.com:80", "/p", None),
+            "https://other.test/p"
+        );
+        let host_only = redirect("{host: other.test}");
+        assert_eq!(
+            host_only.location("http", "example.com:8080", "/p", Some("")),
+            "http://other.test/p?"
+        );
+    }
+
+    #[test]
+    fn direct_responses_keep_status_type_and_body() {
+        let snapshot = snapshot(
+            "hosts: [{domains: ['*'], routes: [{direct_response: {status: 503, body: down, content_type: text/html}}]}]",
+        );
+        let RouteAction::Direct(direct) = &snapshot.router.route("h", "/", &[]).unwrap().action else {
+            panic!()
+        };
+        assert_eq!(
+            direct,
+            &DirectRoute {
+                status: 503,
+                content_type: "text/html".into(),
+                body: Bytes::from_static(b"down"),
+            }
+        );
+    }
+
+    #[test]
+    fn domains_normalize() {
+        assert_eq!(Domain::parse("*").unwrap(), Domain::Any);
+        assert_eq!(
+            Domain::parse("*.Example.COM").unwrap(),
+            Domain::Wildcard("example.com".into())
+        );
+        assert_eq!(
+            Domain::parse("Example.com.").unwrap(),
+            Domain::Exact("example.com".into())
+        );
+        assert_eq!(Domain::parse("::1").unwrap(), Domain::Exact("[::1]".into()));
+        assert_eq!(Domain::parse("[0:0::1]").unwrap(), Domain::Exact("[::1]".into()));
+        for bad in ["*example.com", "a.*.com", "*.", "", "a..b", "a b", "*.*"] {
+            assert!(Domain::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
