@@ -127,8 +127,8 @@ fn access_log_json_fields() {
         "status",
         "bytes",
         "upstream",
-        "upstream_time",
-        "total_time",
+        "upstream_time_ms",
+        "total_time_ms",
         "request_id",
     ] {
         assert!(line.get(field).is_some(), "access log line lacks {field:?}: {line}");
