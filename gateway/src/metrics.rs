@@ -658,8 +658,9 @@ mod tests {
 
         let text = stats.encode(7, &clusters);
         let lines = lines(&text);
+        let info = format!("tollgate_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         let expected = [
-            "tollgate_info{version=\"0.1.0\"} 1",
+            info.as_str(),
             "tollgate_config_generation 7",
             "# TYPE tollgate_requests counter",
             "tollgate_requests_total{host=\"api.example.com\",route=\"users\",class=\"2xx\"} 2",
