@@ -19,9 +19,9 @@ hosts:
       - {name: hello, match: {exact: "/hello"}, direct_response: {status: 200, body: "hi"}}
       - {name: items, match: {regex: "/items/[0-9]+"}, direct_response: {status: 200, body: "item"}}
       - name: canary
-        match: {prefix: "/h", headers: [{name: x-canary, exact: "1"}]}
+        match: {prefix: "/hdr", headers: [{name: x-canary, exact: "1"}]}
         direct_response: {body: "canary"}
-      - {name: stable, match: {prefix: "/h"}, direct_response: {body: "stable"}}
+      - {name: stable, match: {prefix: "/hdr"}, direct_response: {body: "stable"}}
       - {name: old, match: {exact: "/old"}, redirect: {path: "/new", status: 302}}
       - {name: secure, match: {prefix: "/secure"}, redirect: {scheme: https}}
   - name: other
@@ -102,7 +102,7 @@ fn header_match_selects_route() {
             &request(
                 "GET",
                 "api.test",
-                "/h",
+                "/hdr",
                 &[("X-Canary", v), ("Connection", "close")],
                 None,
             ),
@@ -112,7 +112,7 @@ fn header_match_selects_route() {
     };
     assert_eq!(with("1"), "canary");
     assert_eq!(with("2"), "stable");
-    assert_eq!(get(a, "api.test", "/h").body_str(), "stable");
+    assert_eq!(get(a, "api.test", "/hdr").body_str(), "stable");
 }
 
 #[test]
