@@ -2,6 +2,7 @@
 //! ones documented in `proto/tollgate/config/v1/config.proto`; change both
 //! together.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 pub const WORKERS_AUTO: &str = "auto";
@@ -9,7 +10,7 @@ pub const MAX_WORKERS: usize = 4096;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PIN_WORKERS: bool = true;
 
-pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+pub const ADMIN_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
 pub const ACCESS_LOG: &str = "stdout";
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

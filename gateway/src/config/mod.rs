@@ -57,3 +57,11 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<proto::Config, ConfigErrors> 
         )
     })
 }
+
+/// The runtime settings alone, so the process can size its workers (and the
+/// per-worker metric shards) before the first snapshot is built.
+pub fn runtime_settings(config: &proto::Config) -> Result<RuntimeSettings, ConfigErrors> {
+    let mut errors = error::Errors::default();
+    let runtime = settings::runtime(&mut errors, config.runtime.as_ref());
+    errors.into_result(runtime)
+}

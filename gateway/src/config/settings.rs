@@ -105,18 +105,16 @@ pub(crate) fn optional_duration(errors: &mut Errors, path: impl FnOnce() -> Stri
     (!value.is_empty()).then(|| duration(errors, path, value, Duration::ZERO, false))
 }
 
-fn socket_addr(errors: &mut Errors, path: &str, value: &str, default: &str) -> SocketAddr {
-    let fallback = || default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-    if value.is_empty() {
-        return fallback();
-    }
-    value.parse().unwrap_or_else(|_| {
-        errors.add(
-            path,
-            format!("invalid address \"{value}\": expected IP:port such as 0.0.0.0:8080 or [::]:8080"),
-        );
-        fallback()
-    })
+fn socket_addr(errors: &mut Errors, path: &str, value: &str) -> Option<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| {
+            errors.add(
+                path,
+                format!("invalid address \"{value}\": expected IP:port such as 0.0.0.0:8080 or [::]:8080"),
+            )
+        })
+        .ok()
 }
 
 pub(crate) fn runtime(errors: &mut Errors, runtime: Option<&proto::Runtime>) -> RuntimeSettings {
@@ -162,8 +160,10 @@ pub(crate) fn runtime(errors: &mut Errors, runtime: Option<&proto::Runtime>) -> 
 }
 
 pub(crate) fn admin_address(errors: &mut Errors, admin: Option<&proto::Admin>) -> SocketAddr {
-    let address = admin.map_or("", |admin| admin.address.as_str());
-    socket_addr(errors, "admin.address", address, defaults::ADMIN_ADDRESS)
+    match admin.map_or("", |admin| admin.address.as_str()) {
+        "" => defaults::ADMIN_ADDRESS,
+        address => socket_addr(errors, "admin.address", address).unwrap_or(defaults::ADMIN_ADDRESS),
+    }
 }
 
 pub(crate) fn access_log(access_log: Option<&proto::AccessLog>) -> AccessLogTarget {
@@ -219,11 +219,11 @@ pub(crate) fn listeners(
         }
         let address = if listener.address.is_empty() {
             errors.add(format!("{path}.address"), "must not be empty");
-            SocketAddr::from(([0, 0, 0, 0], 0))
+            None
         } else {
-            socket_addr(errors, &format!("{path}.address"), &listener.address, "0.0.0.0:0")
+            socket_addr(errors, &format!("{path}.address"), &listener.address)
         };
-        if !listener.address.is_empty() {
+        if let Some(address) = address {
             if let Some(first) = addresses.insert(address, index) {
                 errors.add(
                     format!("{path}.address"),
@@ -236,6 +236,8 @@ pub(crate) fn listeners(
                 );
             }
         }
+        // Only reported errors leave the address unset, and then nothing is built.
+        let address = address.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let max_request_header_bytes = match listener.max_request_header_bytes {
             0 => defaults::MAX_REQUEST_HEADER_BYTES,
             bytes if bytes < MIN_HEADER_BYTES => {

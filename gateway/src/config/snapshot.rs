@@ -33,6 +33,12 @@ pub struct Snapshot {
     pub source: proto::Config,
 }
 
+// Workers read snapshots from many threads at once.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Snapshot>();
+};
+
 impl Snapshot {
     /// Validates `config` and builds it, reusing what is unchanged from
     /// `previous`. Every error is reported at once; on error nothing is built.
@@ -42,15 +48,7 @@ impl Snapshot {
         let checked = check(&config, previous)?;
         let clusters = build_clusters(checked.clusters, &config.clusters, previous)?;
         let listeners_changed = previous.is_none_or(|previous| previous.listeners != checked.listeners);
-        let previous_hosts = previous.map(|previous| {
-            previous
-                .source
-                .hosts
-                .iter()
-                .zip(previous.router.hosts())
-                .map(|(source, compiled)| (&*compiled.name, (source, compiled)))
-                .collect::<HashMap<_, _>>()
-        });
+        let previous_hosts = previous.map(Snapshot::hosts_by_name);
         let hosts = checked
             .hosts
             .into_iter()
@@ -80,6 +78,19 @@ impl Snapshot {
             clusters,
             source: config,
         })
+    }
+}
+
+impl Snapshot {
+    /// Each compiled host by name, with the message it was compiled from
+    /// (`source.hosts` and `router.hosts()` are in the same order).
+    pub(crate) fn hosts_by_name(&self) -> HashMap<&str, (&proto::VirtualHost, &Arc<VirtualHost>)> {
+        self.source
+            .hosts
+            .iter()
+            .zip(self.router.hosts())
+            .map(|(source, compiled)| (&*compiled.name, (source, compiled)))
+            .collect()
     }
 }
 

@@ -539,3 +539,15 @@ fn a_rejected_config_leaves_no_trace() {
     let next = Snapshot::build(parse_yaml(TWO_CLUSTERS).unwrap(), Some(&first)).unwrap();
     assert!(Arc::ptr_eq(&first.clusters["a"], &next.clusters["a"]));
 }
+
+#[test]
+fn runtime_settings_alone_ignore_the_rest() {
+    let config = parse_yaml("runtime: {workers: 3, io: epoll}").unwrap();
+    let runtime = runtime_settings(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (runtime.workers, runtime.io),
+        (WorkersSetting::Count(3), IoDriver::Epoll)
+    );
+    let bad = parse_yaml("runtime: {workers: many}").unwrap();
+    assert_eq!(runtime_settings(&bad).unwrap_err().0[0].path, "runtime.workers");
+}

@@ -87,7 +87,7 @@ pub(crate) fn check(config: &proto::Config, previous: Option<&Snapshot>) -> Resu
     let context = HostContext {
         clusters: clusters.iter().map(|plan| plan.name.as_str()).collect(),
         status_page: Bytes::from(status_page),
-        previous: previous.map(PreviousHosts::new),
+        previous: previous.map(|previous| PreviousHosts(previous.hosts_by_name())),
     };
     let hosts = hosts(&mut errors, &config.hosts, &context);
     errors.into_result(Checked {
@@ -117,24 +117,13 @@ struct HostContext<'a> {
 }
 
 /// The previous snapshot's hosts by name, with their source messages.
-struct PreviousHosts<'a> {
-    by_name: HashMap<&'a str, (&'a proto::VirtualHost, &'a VirtualHost)>,
-}
+struct PreviousHosts<'a>(HashMap<&'a str, (&'a proto::VirtualHost, &'a Arc<VirtualHost>)>);
 
-impl<'a> PreviousHosts<'a> {
-    fn new(snapshot: &'a Snapshot) -> PreviousHosts<'a> {
-        let by_name = snapshot
-            .source
-            .hosts
-            .iter()
-            .zip(snapshot.router.hosts())
-            .map(|(source, compiled)| (&*compiled.name, (source, &**compiled)))
-            .collect();
-        PreviousHosts { by_name }
-    }
-
+impl PreviousHosts<'_> {
+    /// The compiled matchers of the previous host of this name, when its
+    /// message is unchanged (so they are exactly what compiling would give).
     fn matchers(&self, name: &str, host: &proto::VirtualHost) -> Option<Vec<RouteMatch>> {
-        let (source, compiled) = self.by_name.get(name)?;
+        let (source, compiled) = self.0.get(name)?;
         (*source == host).then(|| {
             compiled
                 .routes
