@@ -70,7 +70,7 @@ pub struct ListenerSettings {
 const MIN_HEADER_BYTES: u32 = 1024;
 const MIN_URI_BYTES: u32 = 64;
 /// Each unit of weight costs ring points on consistent-hash clusters.
-pub(crate) const MAX_WEIGHT: u32 = 1000;
+const MAX_WEIGHT: u32 = 1000;
 
 /// Parses a humantime duration; unset takes `default`. Zero is refused unless
 /// `allow_zero`, because a zero timeout or interval is never what was meant.

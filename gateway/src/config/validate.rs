@@ -136,7 +136,7 @@ impl PreviousHosts<'_> {
 }
 
 /// The name a host is known by: its own, else its first domain.
-pub(crate) fn host_name(index: usize, host: &proto::VirtualHost) -> String {
+fn host_name(index: usize, host: &proto::VirtualHost) -> String {
     if !host.name.is_empty() {
         host.name.clone()
     } else {
