@@ -5,6 +5,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod listener;
 pub mod metrics;

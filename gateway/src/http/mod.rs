@@ -3,12 +3,17 @@
 
 mod chunked;
 mod codec;
+mod forward;
+mod io;
+mod proxy;
+mod respond;
 
 pub use chunked::{ChunkedDecoder, Decoded};
 pub use codec::{
     parse_request, parse_response, BodyFraming, ConnectionOptions, HeaderRange, RequestHead, RequestLimits,
     ResponseHead, MAX_HEADERS,
 };
+pub use proxy::serve_connection;
 
 /// Why a request could not be served, and so which status answers it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

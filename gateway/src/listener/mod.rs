@@ -1,3 +1,112 @@
-//! Workers: threads, CPU pinning, per-worker SO_REUSEPORT listeners, accept loops and drain.
+//! Workers: threads, CPU pinning, per-worker SO_REUSEPORT listeners, accept
+//! loops and drain.
+//!
+//! Each worker is one thread running one monoio runtime (io_uring, or epoll
+//! when io_uring is unavailable or `io: epoll`), pinned to one CPU, with its
+//! own listening socket per configured listener. Everything a request touches
+//! is worker-local (`Worker`) except the config snapshot (an atomic pointer)
+//! and endpoint health (atomics): no lock is shared between workers.
 
 pub mod sizing;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+
+use crate::config::{IoDriver, Snapshot};
+pub use worker::Worker;
+
+/// What the control thread tells a worker.
+pub enum WorkerCommand {
+    /// Start accepting on a socket bound for this worker.
+    AddListener {
+        name: Arc<str>,
+        socket: std::net::TcpListener,
+    },
+    /// Stop accepting on a listener that left the config.
+    RemoveListener { name: Arc<str> },
+    /// Stop accepting, finish in-flight requests, exit by `deadline`.
+    Drain { deadline: std::time::Instant },
+}
+
+pub struct WorkerHandle {
+    pub index: usize,
+    pub commands: async_channel::Sender<WorkerCommand>,
+    pub thread: JoinHandle<()>,
+}
+
+/// Binds one SO_REUSEPORT socket; the kernel spreads connections over the
+/// sockets bound to the same address, one per worker.
+pub fn bind_reuseport(address: SocketAddr, backlog: u32) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))
+        .with_context(|| format!("socket() for {address}"))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&address.into())
+        .with_context(|| format!("binding {address}"))?;
+    socket
+        .listen(backlog.min(i32::MAX as u32) as i32)
+        .with_context(|| format!("listen() on {address}"))?;
+    Ok(socket.into())
+}
+
+/// Starts `cpus.len()` workers; worker `i` is pinned to `cpus[i]` when `pin`
+/// is set. Returns once every worker thread is running its runtime.
+pub fn spawn_workers(
+    cpus: &[usize],
+    pin: bool,
+    io: IoDriver,
+    live: Arc<ArcSwap<Snapshot>>,
+) -> anyhow::Result<Vec<WorkerHandle>> {
+    let snapshot = live.load_full();
+    let mut handles = Vec::with_capacity(cpus.len());
+    for (index, &cpu) in cpus.iter().enumerate() {
+        let mut sockets = Vec::new();
+        for listener in &snapshot.listeners {
+            let socket = bind_reuseport(listener.address, listener.backlog)?;
+            sockets.push((Arc::<str>::from(listener.name.as_str()), socket));
+        }
+        let (commands, receiver) = async_channel::unbounded();
+        let live = live.clone();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("tollgate-worker-{index}"))
+            .spawn(move || {
+                if pin {
+                    pin_to_cpu(cpu);
+                }
+                worker::run(index, io, live, sockets, receiver, started_tx);
+            })
+            .context("spawning a worker thread")?;
+        match started_rx.recv() {
+            Ok(Ok(driver)) => tracing::debug!(worker = index, cpu, driver, "worker started"),
+            Ok(Err(error)) => anyhow::bail!("worker {index} could not start its runtime: {error}"),
+            Err(_) => anyhow::bail!("worker {index} exited while starting"),
+        }
+        handles.push(WorkerHandle {
+            index,
+            commands,
+            thread,
+        });
+    }
+    Ok(handles)
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        if let Err(error) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+            tracing::warn!(cpu, %error, "could not pin worker to its CPU");
+        }
+    }
+}

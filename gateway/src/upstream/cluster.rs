@@ -17,6 +17,8 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub settings: ClusterSettings,
     pub specs: Vec<EndpointSpec>,
+    /// Held here so the request path never looks stats up by name.
+    pub stats: Arc<crate::metrics::ClusterStats>,
     endpoints: ArcSwap<EndpointSet>,
 }
 
@@ -136,6 +138,7 @@ impl Cluster {
         let set = EndpointSet::new(resolved, settings.lb_policy);
         Ok(Cluster {
             name: name.into(),
+            stats: crate::metrics::cluster_stats(name),
             settings,
             specs,
             endpoints: ArcSwap::from_pointee(set),
@@ -148,7 +151,9 @@ impl Cluster {
 
     /// Whether any endpoint is given by name (and so needs periodic resolution).
     pub fn uses_dns(&self) -> bool {
-        self.specs.iter().any(|spec| spec.address.parse::<SocketAddr>().is_err())
+        self.specs
+            .iter()
+            .any(|spec| spec.address.parse::<SocketAddr>().is_err())
     }
 
     /// Resolves the names again and swaps the endpoint set when the answer
@@ -157,7 +162,10 @@ impl Cluster {
         let fresh = resolve_all(&self.specs)?;
         let current = self.endpoints.load();
         let same = fresh.len() == current.endpoints.len()
-            && fresh.iter().zip(&current.endpoints).all(|(a, b)| a.addr == b.addr && a.weight == b.weight);
+            && fresh
+                .iter()
+                .zip(&current.endpoints)
+                .all(|(a, b)| a.addr == b.addr && a.weight == b.weight);
         if same {
             return Ok(false);
         }
@@ -166,7 +174,8 @@ impl Cluster {
                 endpoint.carry_health_from(previous);
             }
         }
-        self.endpoints.store(Arc::new(EndpointSet::new(fresh, self.settings.lb_policy)));
+        self.endpoints
+            .store(Arc::new(EndpointSet::new(fresh, self.settings.lb_policy)));
         Ok(true)
     }
 

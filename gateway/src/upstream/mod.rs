@@ -69,3 +69,9 @@ pub type ResolvedAddrs = Vec<SocketAddr>;
 
 mod cluster;
 pub use cluster::{Cluster, Endpoint, EndpointSet};
+
+pub mod health;
+mod lb;
+mod pool;
+pub use lb::Balancer;
+pub use pool::{Pools, UpstreamConn};

@@ -1,0 +1,119 @@
+//! Responses Tollgate writes itself: errors, direct responses, redirects and
+//! `100 Continue`. Every generated response carries Date, Server and an exact
+//! Content-Length.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+/// Reason phrases for the statuses Tollgate generates or is configured with.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// A generated response, written into `out`.
+pub struct Generated<'a> {
+    pub status: u16,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+    pub close: bool,
+    /// HTTP/1.0 client that asked for keep-alive: say so explicitly.
+    pub keep_alive_1_0: bool,
+    pub location: Option<&'a str>,
+    pub request_id: Option<(&'a str, &'a str)>,
+    /// HEAD: headers only.
+    pub head_only: bool,
+}
+
+impl Generated<'_> {
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut head = String::with_capacity(256);
+        let _ = write!(
+            head,
+            "HTTP/1.1 {} {}\r\nDate: {}\r\nServer: tollgate\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            self.status,
+            reason(self.status),
+            httpdate::fmt_http_date(SystemTime::now()),
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(location) = self.location {
+            let _ = write!(head, "Location: {location}\r\n");
+        }
+        if let Some((name, value)) = self.request_id {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        if self.close {
+            head.push_str("Connection: close\r\n");
+        } else if self.keep_alive_1_0 {
+            head.push_str("Connection: keep-alive\r\n");
+        }
+        head.push_str("\r\n");
+        out.extend_from_slice(head.as_bytes());
+        if !self.head_only {
+            out.extend_from_slice(self.body);
+        }
+    }
+}
+
+/// A short plain-text error response that closes the connection.
+pub fn error(status: u16, message: &str, out: &mut Vec<u8>) {
+    let body = format!("{status} {}: {message}\n", reason(status));
+    Generated {
+        status,
+        content_type: "text/plain; charset=utf-8",
+        body: body.as_bytes(),
+        close: true,
+        keep_alive_1_0: false,
+        location: None,
+        request_id: None,
+        head_only: false,
+    }
+    .write_to(out);
+}
+
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_is_well_formed() {
+        let mut out = Vec::new();
+        error(431, "header too large", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
+    }
+}
