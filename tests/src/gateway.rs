@@ -176,7 +176,8 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("TOLLGATE_E2E_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1");
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {words:?}: {e}"));
         Gateway {
             dir,
@@ -341,6 +342,17 @@ impl Gateway {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// Targets of the process's open file descriptors (`/proc/<pid>/fd`),
+    /// e.g. "anon_inode:[io_uring]", "anon_inode:[eventpoll]", "socket:[123]".
+    pub fn fd_targets(&self) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .map(|t| t.display().to_string())
+            .collect()
     }
 
     /// Number of threads, from /proc/<pid>/status.

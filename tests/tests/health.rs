@@ -37,7 +37,7 @@ fn active_checks_eject_and_restore() {
     let b = Upstream::start(Behaviour::Echo);
     let gw = Gateway::start(&config(
         &[&a, &b],
-        ", health_check: {path: /health, interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 2}, \
+        ", health_check: {path: /health, interval: 100ms, timeout: 80ms, healthy_threshold: 1, unhealthy_threshold: 2}, \
          outlier_detection: {consecutive_failures: 0}",
     ));
     let addr = gw.addr("http");

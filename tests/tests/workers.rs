@@ -1,6 +1,7 @@
 //! Worker sizing and I/O driver end to end: `workers: auto` follows a cgroup
 //! CPU quota and the affinity mask (taskset), an explicit number overrides,
-//! and the epoll driver serves.
+//! and the epoll driver serves (checked by the kind of the process's file
+//! descriptors: an io_uring instance is an `anon_inode:[io_uring]` fd).
 //!
 //! The gateway logs its decision at start; these tests look for `workers=N`
 //! in its stderr (the tracing field of that line).
@@ -132,11 +133,12 @@ fn epoll_driver_serves() {
     for _ in 0..20 {
         assert_eq!(get(gw.addr("http"), "w.test", "/").body_str(), "ok");
     }
-    let log = decision(&gw);
+    let fds = gw.fd_targets();
     assert!(
-        log.to_ascii_lowercase().contains("epoll"),
-        "the start-up log should name the epoll driver:\n{log}"
+        !fds.iter().any(|f| f.contains("io_uring")),
+        "io: epoll, yet an io_uring fd is open: {fds:?}"
     );
+    assert!(fds.iter().any(|f| f.contains("eventpoll")), "no epoll fd: {fds:?}");
 }
 
 #[test]
@@ -145,4 +147,9 @@ fn io_uring_driver_serves() {
     for _ in 0..20 {
         assert_eq!(get(gw.addr("http"), "w.test", "/").body_str(), "ok");
     }
+    let fds = gw.fd_targets();
+    assert!(
+        fds.iter().any(|f| f.contains("io_uring")),
+        "io: io_uring, yet no io_uring fd is open: {fds:?}"
+    );
 }
