@@ -2,6 +2,7 @@
 //! without the gateway's memory growing with them, chunked framing in both
 //! directions, and `Expect: 100-continue`.
 
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,7 @@ fn upload(chunked: bool) {
     write_pattern_body(c.stream(), BIG, chunked).unwrap();
     let r = c.read_response().unwrap();
     let peak = watch.finish();
+    assert!(peak > 0, "RSS was never sampled");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let j = r.json();
     assert_eq!(j["body_len"], BIG);
@@ -114,6 +116,7 @@ fn download(chunked: bool) {
         })
         .unwrap();
     let peak = watch.finish();
+    assert!(peak > 0, "RSS was never sampled");
     assert_eq!(r.status, 200);
     assert_eq!(n, BIG);
     assert_eq!(h.hex(), pattern_hash(BIG));
@@ -210,4 +213,47 @@ fn expect_100_continue() {
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["body_len"], 11);
+}
+
+#[test]
+fn curl_upload_with_expect_continue() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&up));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    let len = 3_000_000u64;
+    let mut f = std::fs::File::create(&file).unwrap();
+    write_pattern_body(&mut f, len, false).unwrap();
+    drop(f);
+    // curl sends `Expect: 100-continue` for bodies this large and waits
+    // (up to --expect100-timeout) for the interim response.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-v",
+            "--max-time",
+            "20",
+            "--expect100-timeout",
+            "5",
+            "-H",
+            "Host: b.test",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{}/curl-upload", gw.addr("http")))
+        .output()
+        .expect("run curl");
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl failed: {verbose}");
+    assert!(
+        verbose.contains("Expect: 100-continue"),
+        "curl did not send Expect: {verbose}"
+    );
+    assert!(
+        verbose.contains("HTTP/1.1 100"),
+        "no 100 Continue reached curl: {verbose}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON echo");
+    assert_eq!(j["body_len"], len);
+    assert_eq!(j["body_hash"], pattern_hash(len));
 }

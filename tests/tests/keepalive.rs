@@ -3,6 +3,7 @@
 //! per-connection request limit and `Connection: close` end a connection;
 //! nginx as the upstream confirms reuse from its own log.
 
+use std::process::Command;
 use std::time::Duration;
 
 use tollgate_e2e::client::{raw_exchange, request, Conn};
@@ -150,4 +151,23 @@ fn nginx_upstream_sees_reused_connections() {
         conns.len()
     );
     assert!(max_reuse >= 10, "nginx $connection_requests peaked at {max_reuse}");
+}
+
+#[test]
+fn curl_reuses_its_connection() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let urls: Vec<String> = (0..5).map(|i| format!("http://{}/c{i}", gw.addr("http"))).collect();
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "10", "-H", "Host: ka.test"])
+        .args(&urls)
+        .output()
+        .expect("run curl");
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl failed: {verbose}");
+    assert_eq!(verbose.matches("< HTTP/1.1 200").count(), 5, "{verbose}");
+    let reused = verbose.matches("Re-using existing connection").count() + verbose.matches("Reusing existing").count();
+    assert_eq!(reused, 4, "curl opened new connections: {verbose}");
+    assert_eq!(up.requests(), 5);
+    assert_eq!(up.connections(), 1, "the gateway reused one upstream connection");
 }
