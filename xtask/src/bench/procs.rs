@@ -122,6 +122,18 @@ impl Procs {
         }
     }
 
+    /// Fails, with the log, if any process has exited: a peer that died mid-run
+    /// makes every number after it meaningless.
+    pub fn check_running(&mut self) -> Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                let name = name.clone();
+                bail!("{name} exited ({status}) during the bench\n{}", self.log_tail(&name));
+            }
+        }
+        Ok(())
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.log"))
     }

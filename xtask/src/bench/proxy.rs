@@ -81,6 +81,7 @@ pub fn run(quick: bool) -> Result<()> {
         for _ in 0..ROUNDS {
             for (i, (side, addr)) in sides.iter().enumerate() {
                 let o = wrk::run(&format!("http://{addr}/"), &load).with_context(|| format!("{side}, {case}"))?;
+                procs.check_running()?;
                 if best[i].is_none_or(|b| o.rps > b.rps) {
                     best[i] = Some(o);
                 }
@@ -111,8 +112,13 @@ pub fn run(quick: bool) -> Result<()> {
     let failures: Vec<String> = report
         .rows
         .iter()
-        .filter(|r| r.outcome.errors > 0)
-        .map(|r| format!("{} {}: {} errors", r.side, r.case, r.outcome.errors))
+        .filter(|r| r.outcome.errors > 0 || r.outcome.requests == 0)
+        .map(|r| {
+            format!(
+                "{} {}: {} requests, {} errors",
+                r.side, r.case, r.outcome.requests, r.outcome.errors
+            )
+        })
         .collect();
     if !failures.is_empty() {
         bail!(
