@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -33,6 +33,11 @@ pub enum Behaviour {
     /// Answers `Upgrade: websocket` with 101, then echoes raw bytes until EOF.
     /// Other requests are echoed.
     WebSocket,
+    /// 200 without Content-Length or chunking: the body ends when the
+    /// upstream closes the connection.
+    CloseDelimited { body: String },
+    /// A status that has no body (204, 304), without framing headers.
+    NoBody { status: u16 },
 }
 
 /// What the upstream saw of one request.
@@ -85,6 +90,10 @@ struct Shared {
     health: AtomicU16,
     behaviour: Mutex<Behaviour>,
     stop: AtomicBool,
+    /// Idle time after which a kept-alive connection is closed; 0 = 60 s.
+    idle_close_ms: AtomicU64,
+    /// Answer every request with `Connection: close` and close.
+    close_each: AtomicBool,
 }
 
 /// A running upstream; stops (closing every connection) when dropped.
@@ -104,6 +113,8 @@ impl Upstream {
             health: AtomicU16::new(200),
             behaviour: Mutex::new(behaviour),
             stop: AtomicBool::new(false),
+            idle_close_ms: AtomicU64::new(0),
+            close_each: AtomicBool::new(false),
         });
         let s = shared.clone();
         thread::Builder::new()
@@ -153,6 +164,19 @@ impl Upstream {
     /// The status `GET /health` returns from now on.
     pub fn set_health(&self, status: u16) {
         self.shared.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Close a kept-alive connection after `d` without a new request, as
+    /// servers with a short keep-alive timeout do.
+    pub fn set_idle_close(&self, d: Duration) {
+        self.shared
+            .idle_close_ms
+            .store(d.as_millis().max(1) as u64, Ordering::SeqCst);
+    }
+
+    /// Answer with `Connection: close` and close after every request.
+    pub fn set_close_each(&self, on: bool) {
+        self.shared.close_each.store(on, Ordering::SeqCst);
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {
@@ -316,6 +340,8 @@ fn read_body(r: &mut BufReader<TcpStream>, head: &Head) -> io::Result<(u64, Stri
 fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
+        204 => "No Content",
+        304 => "Not Modified",
         200 => "OK",
         404 => "Not Found",
         500 => "Internal Server Error",
@@ -325,30 +351,66 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn respond(w: &mut TcpStream, port: u16, status: u16, ctype: &str, body: &[u8], close: bool) -> io::Result<()> {
-    let conn = if close { "close" } else { "keep-alive" };
+/// How one response is written: whether it closes the connection and
+/// whether it answers HEAD (head only, Content-Length of the would-be body).
+#[derive(Clone, Copy)]
+struct Reply {
+    port: u16,
+    close: bool,
+    head_only: bool,
+}
+
+fn respond(w: &mut TcpStream, reply: Reply, status: u16, ctype: &str, body: &[u8]) -> io::Result<()> {
+    let conn = if reply.close { "close" } else { "keep-alive" };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nX-Upstream: {port}\r\nConnection: {conn}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nX-Upstream: {}\r\nConnection: {conn}\r\n\r\n",
         reason(status),
-        body.len()
+        body.len(),
+        reply.port
     );
     w.write_all(head.as_bytes())?;
+    if reply.head_only {
+        return Ok(());
+    }
     w.write_all(body)
 }
 
 fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    const BODY_TIMEOUT: Duration = Duration::from_secs(60);
     stream.set_nodelay(true)?;
     let mut w = stream.try_clone()?;
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     let port = shared.port;
     let mut conn_request = 0usize;
-    while let Some(head) = read_head(&mut r)? {
-        let close = head.has_token("connection", "close") || head.version == "HTTP/1.0";
+    loop {
+        let idle = match shared.idle_close_ms.load(Ordering::SeqCst) {
+            0 => BODY_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        r.get_ref().set_read_timeout(Some(idle))?;
+        let head = match read_head(&mut r) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                // Idle too long: close like a server whose keep-alive timer fired.
+                let _ = w.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        r.get_ref().set_read_timeout(Some(BODY_TIMEOUT))?;
+        let close = head.has_token("connection", "close")
+            || head.version == "HTTP/1.0"
+            || shared.close_each.load(Ordering::SeqCst);
+        let reply = Reply {
+            port,
+            close,
+            head_only: head.method == "HEAD",
+        };
         if head.method == "GET" && head.path == "/health" {
             shared.stats.health_probes.fetch_add(1, Ordering::SeqCst);
             let status = shared.health.load(Ordering::SeqCst);
-            respond(&mut w, port, status, "text/plain", b"health", close)?;
+            respond(&mut w, reply, status, "text/plain", b"health")?;
             if close {
                 return Ok(());
             }
@@ -357,13 +419,13 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
         conn_request += 1;
         shared.stats.requests.fetch_add(1, Ordering::SeqCst);
         shared.stats.in_flight.fetch_add(1, Ordering::SeqCst);
-        let result = handle(&mut r, &mut w, shared, head, conn_request, close);
+        let result = handle(&mut r, &mut w, shared, head, conn_request, reply);
         shared.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         if !result? || close {
+            let _ = w.shutdown(Shutdown::Both);
             return Ok(());
         }
     }
-    Ok(())
 }
 
 /// Handles one request; Ok(false) when the connection must not be reused.
@@ -373,7 +435,7 @@ fn handle(
     shared: &Shared,
     head: Head,
     conn_request: usize,
-    close: bool,
+    reply: Reply,
 ) -> io::Result<bool> {
     let port = shared.port;
     let behaviour = shared.behaviour.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -428,7 +490,7 @@ fn handle(
         .push(seen.clone());
     let echo = |w: &mut TcpStream| {
         let body = seen.to_json(port, conn_request).to_string();
-        respond(w, port, 200, "application/json", body.as_bytes(), close)
+        respond(w, reply, 200, "application/json", body.as_bytes())
     };
     match behaviour {
         Behaviour::Echo | Behaviour::WebSocket => echo(w)?,
@@ -436,8 +498,26 @@ fn handle(
             thread::sleep(d);
             echo(w)?;
         }
-        Behaviour::Fixed { status, body } => respond(w, port, status, "text/plain", body.as_bytes(), close)?,
-        Behaviour::Large { len, chunked } => write_large(w, port, len, chunked, close)?,
+        Behaviour::Fixed { status, body } => respond(w, reply, status, "text/plain", body.as_bytes())?,
+        Behaviour::Large { len, chunked } => write_large(w, port, len, chunked, reply.close)?,
+        Behaviour::CloseDelimited { body } => {
+            w.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Upstream: {port}\r\n\r\n").as_bytes(),
+            )?;
+            w.write_all(body.as_bytes())?;
+            let _ = w.shutdown(Shutdown::Both);
+            return Ok(false);
+        }
+        Behaviour::NoBody { status } => {
+            let conn = if reply.close { "close" } else { "keep-alive" };
+            w.write_all(
+                format!(
+                    "HTTP/1.1 {status} {}\r\nX-Upstream: {port}\r\nConnection: {conn}\r\n\r\n",
+                    reason(status)
+                )
+                .as_bytes(),
+            )?;
+        }
         Behaviour::CloseWithoutResponse | Behaviour::Garbage => unreachable!("handled before the body"),
     }
     Ok(true)
@@ -585,6 +665,34 @@ mod tests {
         });
         assert_eq!(crate::client::get(up.addr(), "a", "/").status, 503);
         assert_eq!(up.requests(), 3);
+    }
+
+    #[test]
+    fn head_no_body_close_delimited_and_idle_close() {
+        let up = Upstream::start(Behaviour::Echo);
+        let mut c = Conn::connect(up.addr()).unwrap();
+        c.send(&request("HEAD", "a", "/", &[], None)).unwrap();
+        let r = c
+            .read_response_with(true, &mut |_| panic!("HEAD response with a body"))
+            .unwrap();
+        assert!(r.header("content-length").is_some_and(|v| v != "0"));
+        up.set_behaviour(Behaviour::NoBody { status: 204 });
+        assert_eq!(c.exchange(&request("GET", "a", "/", &[], None)).unwrap().status, 204);
+        up.set_behaviour(Behaviour::CloseDelimited {
+            body: "until close".into(),
+        });
+        let r = c.exchange(&request("GET", "a", "/", &[], None)).unwrap();
+        assert_eq!(r.body_str(), "until close");
+        up.set_behaviour(Behaviour::Echo);
+        up.set_idle_close(Duration::from_millis(100));
+        let mut c = Conn::connect(up.addr()).unwrap();
+        assert_eq!(c.exchange(&request("GET", "a", "/", &[], None)).unwrap().status, 200);
+        assert!(c.peer_closed_within(Duration::from_secs(2)));
+        up.set_close_each(true);
+        let mut c = Conn::connect(up.addr()).unwrap();
+        let r = c.exchange(&request("GET", "a", "/", &[], None)).unwrap();
+        assert!(!r.keeps_alive());
+        assert!(c.peer_closed_within(Duration::from_secs(2)));
     }
 
     #[test]

@@ -264,3 +264,37 @@ fn upstream_timeout_504() {
     let r = raw_request(gw.addr("http"), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(r.status, 504, "{}", r.body_str());
 }
+
+#[test]
+fn missing_host_and_space_before_colon_400() {
+    let (gw, up) = setup();
+    rejects(&gw, &up, b"GET / HTTP/1.1\r\nUser-Agent: x\r\n\r\n", 400);
+    rejects(&gw, &up, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+    rejects(
+        &gw,
+        &up,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    );
+}
+
+#[test]
+fn slow_request_head_is_cut_off() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw =
+        Gateway::start(&config(&up, "").replace("max_uri_bytes: 1024", "max_uri_bytes: 1024, header_timeout: 300ms"));
+    let mut c = tollgate_e2e::Conn::connect(gw.addr("http")).unwrap();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").unwrap();
+    let t = std::time::Instant::now();
+    // Either a 408 then close, or a plain close: both free the connection.
+    match c.read_response() {
+        Ok(r) => assert_eq!(r.status, 408, "{}", r.body_str()),
+        Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "never cut off: {e}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "header_timeout 300ms, cut off after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(up.requests(), 0);
+}

@@ -171,3 +171,153 @@ fn curl_reuses_its_connection() {
     assert_eq!(up.requests(), 5);
     assert_eq!(up.connections(), 1, "the gateway reused one upstream connection");
 }
+
+#[test]
+fn stale_pooled_upstream_connection_is_not_a_failure() {
+    let up = Upstream::start(Behaviour::Echo);
+    // The upstream drops idle connections after 100 ms, long before the
+    // gateway's pool would: the next request must not be sent into a dead one.
+    up.set_idle_close(Duration::from_millis(100));
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let a = gw.addr("http");
+    let mut c = Conn::connect(a).unwrap();
+    for i in 0..3 {
+        let r = c
+            .exchange(&request("GET", "ka.test", &format!("/g{i}"), &[], None))
+            .unwrap();
+        assert_eq!(r.status, 200, "GET {i}: {}", r.body_str());
+        std::thread::sleep(Duration::from_millis(300));
+        let r = c
+            .exchange(&request("POST", "ka.test", &format!("/p{i}"), &[], Some(b"data")))
+            .unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "POST {i} after the pooled connection closed: {}",
+            r.body_str()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(up.requests(), 6);
+}
+
+#[test]
+fn upstream_connection_close_is_honoured() {
+    let up = Upstream::start(Behaviour::Echo);
+    up.set_close_each(true);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    for i in 0..10 {
+        let r = c
+            .exchange(&request("GET", "ka.test", &format!("/{i}"), &[], None))
+            .unwrap();
+        assert_eq!(r.status, 200, "request {i}: {}", r.body_str());
+        assert!(
+            r.keeps_alive(),
+            "the upstream's Connection: close is hop-by-hop; the client connection stays"
+        );
+    }
+    assert_eq!(
+        up.connections(),
+        10,
+        "a connection the upstream closed must not be reused"
+    );
+}
+
+#[test]
+fn head_and_bodiless_responses_keep_framing() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    c.send(&request("HEAD", "ka.test", "/h", &[], None)).unwrap();
+    let r = c.read_response_with(true, &mut |_| {}).unwrap();
+    assert_eq!(r.status, 200);
+    // If the gateway waited for (or sent) a HEAD body, this exchange breaks.
+    let r = c
+        .exchange(&request("GET", "ka.test", "/after-head", &[], None))
+        .unwrap();
+    assert_eq!(r.json()["path"], "/after-head");
+    up.set_behaviour(Behaviour::NoBody { status: 204 });
+    let r = c.exchange(&request("DELETE", "ka.test", "/x", &[], None)).unwrap();
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    up.set_behaviour(Behaviour::NoBody { status: 304 });
+    let r = c
+        .exchange(&request(
+            "GET",
+            "ka.test",
+            "/cached",
+            &[("If-None-Match", "\"v1\"")],
+            None,
+        ))
+        .unwrap();
+    assert_eq!(r.status, 304);
+    up.set_behaviour(Behaviour::Echo);
+    let r = c.exchange(&request("GET", "ka.test", "/after-304", &[], None)).unwrap();
+    assert_eq!(r.json()["path"], "/after-304");
+}
+
+#[test]
+fn close_delimited_upstream_body_reaches_client() {
+    let up = Upstream::start(Behaviour::CloseDelimited {
+        body: "read until close ".repeat(1000),
+    });
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    let r = c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), "read until close ".repeat(1000));
+    if r.keeps_alive() {
+        // Re-framed (chunked) for the client: the connection must still work.
+        up.set_behaviour(Behaviour::Echo);
+        assert_eq!(
+            c.exchange(&request("GET", "ka.test", "/next", &[], None))
+                .unwrap()
+                .status,
+            200
+        );
+    }
+}
+
+#[test]
+fn chunked_trailers_then_pipelined_request() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    c.send(
+        b"POST /t HTTP/1.1\r\nHost: ka.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4;name=value\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Trailer: yes\r\n\r\n\
+          GET /second HTTP/1.1\r\nHost: ka.test\r\n\r\n",
+    )
+    .unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    assert_eq!(r.json()["body_len"], 9);
+    let r = c.read_response().unwrap();
+    assert_eq!(r.json()["path"], "/second");
+}
+
+#[test]
+fn many_concurrent_connections() {
+    let up = Upstream::start(Behaviour::Delay(Duration::from_millis(50)));
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let a = gw.addr("http");
+    let threads: Vec<_> = (0..100)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(a).unwrap();
+                for j in 0..3 {
+                    let r = c
+                        .exchange(&request("GET", "ka.test", &format!("/{i}/{j}"), &[], None))
+                        .unwrap();
+                    assert_eq!(r.status, 200);
+                    assert_eq!(r.json()["path"], format!("/{i}/{j}"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(up.requests(), 300);
+}
