@@ -257,3 +257,35 @@ fn curl_upload_with_expect_continue() {
     assert_eq!(j["body_len"], len);
     assert_eq!(j["body_hash"], pattern_hash(len));
 }
+
+#[test]
+fn slow_client_does_not_make_the_gateway_buffer() {
+    let up = Upstream::start(Behaviour::Large {
+        len: BIG,
+        chunked: false,
+    });
+    let gw = Gateway::start(&config(&up));
+    let before = gw.rss_kib();
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    c.send(&request("GET", "b.test", "/download", &[], None)).unwrap();
+    let head = c.read_head().unwrap();
+    assert_eq!(head.status, 200);
+    // Stop reading: the upstream keeps writing until TCP backpressure
+    // reaches it through the gateway, which must not soak up the rest.
+    let watch = RssWatch::start(gw.pid());
+    std::thread::sleep(Duration::from_millis(1500));
+    let peak = watch.finish();
+    assert!(peak > 0, "RSS was never sampled");
+    assert!(
+        peak.saturating_sub(before) < MAX_GROWTH_KIB,
+        "RSS grew from {before} KiB to {peak} KiB while the client did not read"
+    );
+    let mut n = c.take_buffered().len() as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    while n < BIG {
+        let k = std::io::Read::read(c.stream(), &mut buf).unwrap();
+        assert!(k > 0, "body ended at {n}");
+        n += k as u64;
+    }
+    assert_eq!(n, BIG);
+}

@@ -321,3 +321,43 @@ fn many_concurrent_connections() {
     }
     assert_eq!(up.requests(), 300);
 }
+
+#[test]
+fn aborted_request_body_poisons_only_its_upstream_connection() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(&eps(&[&up]), ""));
+    let a = gw.addr("http");
+    // A chunked body whose second chunk size is invalid, sent after the head
+    // has already been forwarded.
+    let mut c = Conn::connect(a).unwrap();
+    c.send(b"POST /bad HTTP/1.1\r\nHost: ka.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(b"zz\r\nGET /smuggled HTTP/1.1\r\nHost: ka.test\r\n\r\n")
+        .unwrap();
+    match c.read_response() {
+        Ok(r) => assert!(r.status == 400 || r.status == 502, "got {}", r.status),
+        Err(e) => assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "hung: {e}"),
+    }
+    // A client that vanishes mid-body.
+    let mut c2 = Conn::connect(a).unwrap();
+    c2.send(b"POST /gone HTTP/1.1\r\nHost: ka.test\r\nContent-Length: 100000\r\n\r\npartial")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(c2);
+    std::thread::sleep(Duration::from_millis(200));
+    // The gateway must not reuse either half-written upstream connection.
+    let mut c3 = Conn::connect(a).unwrap();
+    for i in 0..5 {
+        let r = c3
+            .exchange(&request("GET", "ka.test", &format!("/ok{i}"), &[], None))
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body_str());
+        assert_eq!(r.json()["path"], format!("/ok{i}"));
+    }
+    let paths: Vec<String> = up.seen().iter().map(|s| s.path.clone()).collect();
+    assert!(
+        !paths.iter().any(|p| p == "/smuggled"),
+        "bytes after a broken body reached the upstream: {paths:?}"
+    );
+}

@@ -213,3 +213,27 @@ fn drain_timeout_bounds_the_stop() {
         t.elapsed()
     );
 }
+
+#[test]
+fn in_flight_request_finishes_on_its_snapshot() {
+    let old = Upstream::start(Behaviour::Delay(Duration::from_millis(800)));
+    let new = Upstream::start(Behaviour::Echo);
+    let mut gw = Gateway::start(&config("old", &[&old]));
+    let addr = gw.addr("http");
+    let inflight = std::thread::spawn(move || {
+        let mut c = Conn::connect(addr).unwrap();
+        c.exchange(&request("GET", "r.test", "/started-before-reload", &[], None))
+    });
+    assert!(wait::until(Duration::from_secs(5), || old.in_flight() == 1));
+    gw.reload(&config("new", &[&new]));
+    assert!(wait::until(Duration::from_secs(5), || get(addr, "r.test", "/version")
+        .body_str()
+        == "new"));
+    let r = inflight.join().unwrap().expect("in-flight request answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-upstream"), Some(old.port().to_string().as_str()));
+    assert_eq!(
+        get(addr, "r.test", "/after").header("x-upstream"),
+        Some(new.port().to_string().as_str())
+    );
+}

@@ -163,3 +163,45 @@ fn retries_bounded_by_endpoints() {
         "max_retries 5 with 2 endpoints must try each once, not {total} times"
     );
 }
+
+#[test]
+fn request_sent_then_upstream_closed_retries_get_not_post() {
+    let closer = Upstream::start(Behaviour::CloseWithoutResponse);
+    let good = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&config(
+        &eps(&[&closer, &good]),
+        ", outlier_detection: {consecutive_failures: 0}",
+        ", retry: {max_retries: 1}",
+    ));
+    let a = gw.addr("http");
+    for i in 0..6 {
+        assert_eq!(
+            get(a, "t.test", &format!("/g{i}")).status,
+            200,
+            "GET {i} should be retried"
+        );
+    }
+    let closer_after_gets = closer.requests();
+    assert!(closer_after_gets >= 2);
+    let mut n502 = 0;
+    for i in 0..6 {
+        let r = raw_request(a, &request("POST", "t.test", &format!("/p{i}"), &[], Some(b"once"))).unwrap();
+        match r.status {
+            200 => {}
+            502 => n502 += 1,
+            s => panic!("POST {i}: {s}"),
+        }
+    }
+    assert!(n502 >= 2, "round robin should have sent POSTs to the closing endpoint");
+    assert_eq!(
+        closer.requests() - closer_after_gets,
+        n502,
+        "a sent POST must not be replayed"
+    );
+    let posts_at_good = good.seen().iter().filter(|s| s.method == "POST").count();
+    assert_eq!(
+        posts_at_good,
+        6 - n502,
+        "a POST the first upstream may have processed reached a second one"
+    );
+}
