@@ -91,7 +91,12 @@ fn excerpt(log: &str) -> String {
     let mut picked: Vec<&str> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         if line.starts_with("error") || line.contains("panicked at") {
-            picked.extend(lines[i..].iter().take(6).take_while(|l| !l.is_empty()));
+            let explanation = lines[i + 1..]
+                .iter()
+                .take(8)
+                .take_while(|l| !l.is_empty() && !l.starts_with("note:") && !l.starts_with("=="));
+            picked.push(line);
+            picked.extend(explanation);
         }
     }
     if let Some(start) = lines.iter().position(|l| l.starts_with("Failing input:")) {

@@ -9,7 +9,8 @@ mod run;
 mod setup;
 mod test;
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -44,12 +45,20 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
         Task::Run => run::run(),
         Task::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
         Task::Bench { which, quick } => bench::run(which, quick),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The message names the failing command; a Rust backtrace of xtask would only bury it.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
