@@ -89,7 +89,7 @@ pub fn spawn_workers(
             })
             .context("spawning a worker thread")?;
         match started_rx.recv() {
-            Ok(Ok(driver)) => tracing::debug!(worker = index, cpu, driver, "worker started"),
+            Ok(Ok(driver)) => tracing::info!(worker = index, cpu = pin.then_some(cpu), driver, "worker started"),
             Ok(Err(error)) => anyhow::bail!("worker {index} could not start its runtime: {error}"),
             Err(_) => anyhow::bail!("worker {index} exited while starting"),
         }
