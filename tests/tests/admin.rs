@@ -56,8 +56,28 @@ fn metrics_count_requests_by_route_and_class() {
     };
     assert_eq!(count("hello", "2xx"), Some(3.0), "{text}");
     assert_eq!(count("users", "2xx"), Some(2.0), "{text}");
-    let total_4xx = metrics::sum(&text, "tollgate_requests_total", &[("class", "4xx")]);
-    assert_eq!(total_4xx, Some(1.0), "the 404 is counted:\n{text}");
+    assert_eq!(
+        metrics::sum(&text, "tollgate_worker_requests_total", &[]),
+        Some(6.0),
+        "{text}"
+    );
+    assert_eq!(
+        metrics::sum(
+            &text,
+            "tollgate_upstream_connections_opened_total",
+            &[("cluster", "users")]
+        ),
+        Some(1.0),
+        "two proxied requests on fresh client connections share one pooled upstream connection:\n{text}"
+    );
+    assert_eq!(
+        metrics::sum(
+            &text,
+            "tollgate_upstream_connections_reused_total",
+            &[("cluster", "users")]
+        ),
+        Some(1.0)
+    );
     let upstream_count = metrics::sum(&text, "tollgate_upstream_response_seconds_count", &[]);
     assert!(
         upstream_count.is_some_and(|c| c >= 2.0),
@@ -68,6 +88,18 @@ fn metrics_count_requests_by_route_and_class() {
         metrics::sum(&text, "tollgate_active_connections", &[]).is_some(),
         "active connections gauge:\n{text}"
     );
+    // The idle gauge is refreshed by the workers' housekeeping, not per request.
+    let pooled = || metrics::sum(&gw.metrics(), "tollgate_upstream_pool_idle", &[]);
+    assert!(
+        wait::until(Duration::from_secs(5), || pooled() == Some(1.0)),
+        "pool idle gauge: {:?}",
+        pooled()
+    );
+    // A request no route matched has no route label: it may be counted by
+    // status among the requests rejected before routing, or by class; once.
+    let not_found = metrics::sum(&text, "tollgate_downstream_errors_total", &[("status", "404")]).unwrap_or(0.0)
+        + metrics::sum(&text, "tollgate_requests_total", &[("class", "4xx")]).unwrap_or(0.0);
+    assert_eq!(not_found, 1.0, "the 404 is counted once by status:\n{text}");
 }
 
 #[test]

@@ -73,6 +73,8 @@ fn syntax_errors_400() {
         let r = rejects(&gw, &up, bytes, 400);
         assert!(!r.keeps_alive(), "a 400 must close the connection: {:?}", r.headers);
     }
+    let rejected = metrics::sum(&gw.metrics(), "tollgate_downstream_errors_total", &[("status", "400")]);
+    assert_eq!(rejected, Some(5.0), "each rejected request is counted");
     // The gateway is still healthy afterwards.
     assert_eq!(tollgate_e2e::client::get(gw.addr("http"), "a", "/").status, 200);
     assert_eq!(up.requests(), 1);

@@ -164,7 +164,7 @@ fn sigterm_drains_in_flight_requests() {
     gw.signal(libc::SIGTERM);
     // Stop accepting: new connections are refused soon after SIGTERM.
     assert!(
-        wait::until(Duration::from_secs(1), || TcpStream::connect_timeout(
+        wait::until(Duration::from_secs(2), || TcpStream::connect_timeout(
             &addr,
             Duration::from_millis(100)
         )
