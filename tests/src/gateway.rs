@@ -173,7 +173,7 @@ impl Gateway {
             .stdout(stdout)
             .stderr(stderr)
             .env(
-                "RUST_LOG",
+                "TOLLGATE_LOG",
                 std::env::var("TOLLGATE_E2E_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("RUST_BACKTRACE", "1")

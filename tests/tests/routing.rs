@@ -197,3 +197,53 @@ fn curl_as_a_real_client() {
     assert_eq!(j["path"], "/curl");
     assert!(up.seen()[0].header("user-agent").unwrap_or("").starts_with("curl/"));
 }
+
+#[test]
+fn weights_host_rewrite_dns_names_and_content_type() {
+    let heavy = Upstream::start(Behaviour::Echo);
+    let light = Upstream::start(Behaviour::Echo);
+    let named = Upstream::start(Behaviour::Echo);
+    let yaml = r#"
+runtime: {workers: 1}
+listeners: [{name: http, address: "127.0.0.1:${http}"}]
+hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+      - {name: w, match: {prefix: "/w"}, proxy: {cluster: weighted, host_rewrite: "backend.internal"}}
+      - {name: n, match: {prefix: "/n"}, proxy: {cluster: named}}
+      - name: j
+        match: {exact: "/json"}
+        direct_response: {status: 418, body: "{\"ok\":true}", content_type: "application/json"}
+clusters:
+  - name: weighted
+    endpoints: [{address: "HEAVY", weight: 3}, {address: "LIGHT", weight: 1}]
+  - {name: named, endpoints: ["localhost:NAMED_PORT"]}
+"#
+    .replace("HEAVY", &heavy.endpoint())
+    .replace("LIGHT", &light.endpoint())
+    .replace("NAMED_PORT", &named.port().to_string());
+    let gw = Gateway::start(&yaml);
+    let a = gw.addr("http");
+    let mut c = tollgate_e2e::Conn::connect(a).unwrap();
+    for _ in 0..40 {
+        assert_eq!(
+            c.exchange(&request("GET", "w.test", "/w", &[], None)).unwrap().status,
+            200
+        );
+    }
+    assert_eq!(
+        (heavy.requests(), light.requests()),
+        (30, 10),
+        "weights 3:1 over 40 requests"
+    );
+    assert_eq!(heavy.seen()[0].header("host"), Some("backend.internal"));
+    assert_eq!(heavy.seen()[0].header("x-forwarded-host"), Some("w.test"));
+    let r = get(a, "n.test", "/n/x");
+    assert_eq!(r.status, 200, "a DNS-named endpoint: {}", r.body_str());
+    assert_eq!(named.requests(), 1);
+    let r = get(a, "j.test", "/json");
+    assert_eq!(r.status, 418);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.body_str(), "{\"ok\":true}");
+}
