@@ -124,3 +124,60 @@ fn consistent_hash_by_client_ip_sticks() {
         .find(|s| s.header("x-forwarded-for") == Some("127.0.0.7"));
     assert!(seen.is_some(), "X-Forwarded-For carries the real client IP");
 }
+
+#[test]
+fn consistent_hash_moves_only_the_keys_of_an_ejected_endpoint() {
+    let ups: Vec<Upstream> = (0..3).map(|_| Upstream::start(Behaviour::Echo)).collect();
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let gw = Gateway::start(&config(
+        &refs,
+        ", lb_policy: consistent_hash, hash_header: x-user, \
+         health_check: {path: /health, interval: 100ms, timeout: 80ms, healthy_threshold: 1, unhealthy_threshold: 1}",
+    ));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    let owners = |c: &mut Conn| -> HashMap<String, String> {
+        (0..30)
+            .map(|k| {
+                let key = format!("key-{k}");
+                let r = c
+                    .exchange(&request("GET", "ch.test", "/", &[("X-User", &key)], None))
+                    .unwrap();
+                (key, upstream_of(&r))
+            })
+            .collect()
+    };
+    let before = owners(&mut c);
+    let victim = ups[0].port().to_string();
+    assert!(
+        before.values().any(|u| *u == victim),
+        "no key on the first endpoint: {before:?}"
+    );
+    ups[0].set_health(503);
+    let ep = ups[0].endpoint();
+    let ejected =
+        || tollgate_e2e::metrics::sum(&gw.metrics(), "tollgate_endpoint_healthy", &[("endpoint", &ep)]) == Some(0.0);
+    assert!(
+        tollgate_e2e::wait::until(Duration::from_secs(5), ejected),
+        "endpoint not ejected"
+    );
+    let during = owners(&mut c);
+    for (key, owner) in &before {
+        if *owner == victim {
+            assert_ne!(during[key], victim, "{key} still goes to the unhealthy endpoint");
+        } else {
+            assert_eq!(&during[key], owner, "{key} moved although its endpoint stayed healthy");
+        }
+    }
+    ups[0].set_health(200);
+    let healthy =
+        || tollgate_e2e::metrics::sum(&gw.metrics(), "tollgate_endpoint_healthy", &[("endpoint", &ep)]) == Some(1.0);
+    assert!(
+        tollgate_e2e::wait::until(Duration::from_secs(5), healthy),
+        "endpoint not restored"
+    );
+    assert_eq!(
+        owners(&mut c),
+        before,
+        "keys return to their endpoint after it recovers"
+    );
+}
