@@ -194,13 +194,14 @@ async fn serve_request(
         None => (answer_error(&ex, conn, HttpError::NotFound).await, None),
         Some(route) => dispatch(&mut ex, conn, route).await,
     };
-    if let Some(route) = route {
-        route.stats.record(
+    match route {
+        None => worker.stats.http_error(result.status),
+        Some(route) => route.stats.record(
             worker.index,
             result.status,
             (raw.len() as u64) + result.request_body_bytes,
             result.bytes_sent,
-        );
+        ),
     }
     worker.log_access(&AccessEntry {
         time: SystemTime::now(),
