@@ -300,3 +300,46 @@ fn slow_request_head_is_cut_off() {
     );
     assert_eq!(up.requests(), 0);
 }
+
+#[test]
+fn body_limit_with_expect_and_chunked_413() {
+    let (gw, up) = setup();
+    // With Expect: 100-continue the client has not sent the body yet: the
+    // gateway answers 413 from the head alone.
+    let mut c = tollgate_e2e::Conn::connect(gw.addr("http")).unwrap();
+    c.send(b"POST /small HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 413, "{}", r.body_str());
+    assert_eq!(up.requests(), 0);
+    // A chunked body has no length up front; going over the limit still ends in 413.
+    let mut req = b"POST /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        req.extend_from_slice(b"1f4\r\n");
+        req.extend_from_slice(&[b'y'; 500]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = raw_request(gw.addr("http"), &req).unwrap();
+    assert_eq!(r.status, 413, "{}", r.body_str());
+}
+
+#[test]
+fn large_headers_under_the_limit_pass_intact() {
+    let (gw, up) = setup();
+    let big = "v".repeat(60 * 1024);
+    let many: String = (0..100).map(|i| format!("X-Many-{i}: value-{i}\r\n")).collect();
+    let req = format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n{many}\r\n");
+    let r = raw_request(gw.addr("http"), req.as_bytes()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body_str());
+    let seen = &up.seen()[0];
+    assert_eq!(seen.header("x-big").map(str::len), Some(big.len()));
+    let order: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("x-many-"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let want: Vec<String> = (0..100).map(|i| format!("value-{i}")).collect();
+    assert_eq!(order, want, "headers forwarded in order");
+}

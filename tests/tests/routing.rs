@@ -247,3 +247,22 @@ clusters:
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.body_str(), "{\"ok\":true}");
 }
+
+#[test]
+fn errors_keep_the_connection_usable() {
+    let (gw, _up) = start();
+    let mut c = tollgate_e2e::Conn::connect(gw.addr("http")).unwrap();
+    let r = c
+        .exchange(&request("GET", "other.test", "/missing", &[], None))
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.keeps_alive(), "a 404 need not close the connection");
+    let r = c.exchange(&request("GET", "api.test", "/hello", &[], None)).unwrap();
+    assert_eq!(r.body_str(), "hi");
+    let r = c.exchange(&request("GET", "api.test", "/old", &[], None)).unwrap();
+    assert_eq!(r.status, 302);
+    let r = c
+        .exchange(&request("GET", "api.test", "/users/after", &[], None))
+        .unwrap();
+    assert_eq!(r.json()["path"], "/after");
+}
