@@ -27,6 +27,9 @@ const DRAIN_POLL: Duration = Duration::from_millis(25);
 pub struct Worker {
     pub index: usize,
     snapshot: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
+    /// The worker's handle on the current snapshot. Requests clone this `Rc`
+    /// rather than the `Arc`, whose count every worker would write.
+    current: RefCell<Rc<Arc<Snapshot>>>,
     pub pools: RefCell<Pools>,
     pub balancer: RefCell<Balancer>,
     pub stats: &'static WorkerStats,
@@ -82,9 +85,11 @@ impl Worker {
             hasher.write_usize(index);
             hasher.finish()
         };
+        let current = RefCell::new(Rc::new(live.load_full()));
         Worker {
             index,
             snapshot: RefCell::new(Cache::new(live)),
+            current,
             pools: RefCell::new(Pools::default()),
             balancer: RefCell::new(Balancer::new(prefix)),
             stats: crate::metrics::worker_stats(index),
@@ -100,8 +105,14 @@ impl Worker {
     }
 
     /// The current config; an exchange keeps the one it started with.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow_mut().load().clone()
+    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
+        let mut cache = self.snapshot.borrow_mut();
+        let latest = cache.load();
+        let mut current = self.current.borrow_mut();
+        if !Arc::ptr_eq(latest, &current) {
+            *current = Rc::new(latest.clone());
+        }
+        current.clone()
     }
 
     pub fn is_draining(&self) -> bool {
