@@ -361,3 +361,56 @@ fn aborted_request_body_poisons_only_its_upstream_connection() {
         "bytes after a broken body reached the upstream: {paths:?}"
     );
 }
+
+fn pooled_config(up: &Upstream, pool: &str) -> String {
+    config(&eps(&[up]), "").replace(
+        "{name: backend, endpoints: ",
+        &format!("{{name: backend, keepalive: {pool}, endpoints: "),
+    )
+}
+
+#[test]
+fn upstream_pool_limits() {
+    // max_requests: an upstream connection carries at most 3 requests.
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&pooled_config(&up, "{max_requests: 3}"));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    for _ in 0..9 {
+        assert_eq!(
+            c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap().status,
+            200
+        );
+    }
+    assert_eq!(up.connections(), 3, "9 requests, 3 per upstream connection");
+
+    // max_idle: 0 keeps nothing: every request opens a connection.
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&pooled_config(&up, "{max_idle: 0}"));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap().status,
+            200
+        );
+    }
+    assert_eq!(up.connections(), 4);
+
+    // idle_timeout: a pooled connection idle longer than 200 ms is closed by the gateway.
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&pooled_config(&up, "{idle_timeout: 200ms}"));
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    assert_eq!(
+        c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap().status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        c.exchange(&request("GET", "ka.test", "/", &[], None)).unwrap().status,
+        200
+    );
+    assert_eq!(
+        up.connections(),
+        2,
+        "the idle pooled connection should have been dropped"
+    );
+}
