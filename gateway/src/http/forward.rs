@@ -105,6 +105,25 @@ impl RequestBody {
     }
 }
 
+/// What went wrong with an endpoint, for its metrics.
+#[derive(Clone, Copy)]
+enum FailureKind {
+    Connect,
+    Timeout,
+    /// Reset, closed or malformed after the request was sent.
+    Response,
+}
+
+impl FailureKind {
+    fn of(error: &HttpError) -> FailureKind {
+        if *error == HttpError::GatewayTimeout {
+            FailureKind::Timeout
+        } else {
+            FailureKind::Response
+        }
+    }
+}
+
 enum Failure {
     /// The request was not (completely) sent; another endpoint may take it.
     NotSent(HttpError),
@@ -153,7 +172,12 @@ pub async fn proxy(
             None => match connect(endpoint.addr, cluster.settings.connect_timeout).await {
                 Ok(stream) => (UpstreamConn::new(stream, endpoint.addr), false),
                 Err(error) => {
-                    ex.note_upstream_failure(&endpoint, cluster);
+                    let kind = if error == HttpError::GatewayTimeout {
+                        FailureKind::Timeout
+                    } else {
+                        FailureKind::Connect
+                    };
+                    ex.note_upstream_failure(&endpoint, cluster, kind);
                     tried.push(endpoint.addr);
                     last_error = error;
                     if attempts < max_attempts {
@@ -221,11 +245,11 @@ pub async fn proxy(
                 continue;
             }
             Failure::Stale => {
-                ex.note_upstream_failure(&endpoint, cluster);
+                ex.note_upstream_failure(&endpoint, cluster, FailureKind::Response);
                 HttpError::BadGateway("upstream closed the connection")
             }
             Failure::NotSent(error) => {
-                ex.note_upstream_failure(&endpoint, cluster);
+                ex.note_upstream_failure(&endpoint, cluster, FailureKind::of(&error));
                 if may_retry {
                     // Nothing of the request left Tollgate: any request may go elsewhere.
                     ex.note_retry(cluster);
@@ -236,10 +260,8 @@ pub async fn proxy(
                 error
             }
             Failure::Upstream(error) => {
-                ex.note_upstream_failure(&endpoint, cluster);
-                if error == HttpError::GatewayTimeout {
-                    ex.note_timeout(cluster);
-                } else if may_retry && idempotent && body.is_replayable() {
+                ex.note_upstream_failure(&endpoint, cluster, FailureKind::of(&error));
+                if error != HttpError::GatewayTimeout && may_retry && idempotent && body.is_replayable() {
                     ex.note_retry(cluster);
                     tried.push(endpoint.addr);
                     last_error = error;
@@ -688,9 +710,16 @@ fn definite_upstream(response: &ResponseHead) -> bool {
 }
 
 impl Exchange<'_> {
-    fn note_upstream_failure(&self, endpoint: &Endpoint, cluster: &crate::upstream::Cluster) {
-        cluster.stats.connect_failure(self.worker.index);
-        if endpoint.record_failure(&cluster.settings) {
+    fn note_upstream_failure(&self, endpoint: &Endpoint, cluster: &crate::upstream::Cluster, kind: FailureKind) {
+        match kind {
+            FailureKind::Connect => cluster.stats.connect_failure(self.worker.index),
+            FailureKind::Timeout => cluster.stats.timeout(self.worker.index),
+            FailureKind::Response => cluster.stats.bad_response(self.worker.index),
+        }
+        // Like nginx with a lone server: passive ejection never empties a
+        // cluster; only active health checks can say every endpoint is down.
+        let may_eject = has_alternative(cluster, endpoint.addr, &[]);
+        if endpoint.record_failure(&cluster.settings, may_eject) {
             cluster.stats.ejection(self.worker.index);
             tracing::warn!(cluster = %cluster.name, endpoint = %endpoint.addr, "endpoint ejected after consecutive failures");
         }
@@ -698,10 +727,6 @@ impl Exchange<'_> {
 
     fn note_retry(&self, cluster: &crate::upstream::Cluster) {
         cluster.stats.retry(self.worker.index);
-    }
-
-    fn note_timeout(&self, cluster: &crate::upstream::Cluster) {
-        cluster.stats.timeout(self.worker.index);
     }
 
     fn note_upstream_connection(&self, cluster: &crate::upstream::Cluster, reused: bool) {

@@ -81,11 +81,12 @@ impl Endpoint {
     }
 
     /// Records a failed exchange; ejects the endpoint when the streak reaches
-    /// the cluster's threshold. Returns true when this call ejected it.
-    pub fn record_failure(&self, settings: &ClusterSettings) -> bool {
+    /// the cluster's threshold and `may_eject` (another endpoint can take the
+    /// traffic). Returns true when this call ejected it.
+    pub fn record_failure(&self, settings: &ClusterSettings, may_eject: bool) -> bool {
         let threshold = settings.outlier.consecutive_failures;
         let streak = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if threshold == 0 || streak < threshold {
+        if threshold == 0 || streak < threshold || !may_eject {
             return false;
         }
         self.consecutive_failures.store(0, Ordering::Relaxed);
