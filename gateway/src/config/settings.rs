@@ -454,7 +454,9 @@ fn health_check(errors: &mut Errors, path: &str, check: &proto::HealthCheck) -> 
         errors,
         || format!("{path}.timeout"),
         &check.timeout,
-        defaults::HEALTH_TIMEOUT,
+        // A short interval implies a short probe: unset, the timeout never
+        // exceeds the interval.
+        defaults::HEALTH_TIMEOUT.min(interval),
         false,
     );
     if timeout > interval {

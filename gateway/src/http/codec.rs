@@ -153,7 +153,8 @@ pub fn parse_request(buf: &[u8], limits: &RequestLimits) -> Result<Option<Reques
     let mut request = httparse::Request::new(&mut slots);
     let status = request.parse(buf).map_err(|error| match error {
         httparse::Error::TooManyHeaders => HttpError::HeadersTooLarge,
-        httparse::Error::Version => HttpError::VersionNotSupported,
+        httparse::Error::Version if names_http_version(buf) => HttpError::VersionNotSupported,
+        httparse::Error::Version => HttpError::BadRequest("malformed HTTP version"),
         other => HttpError::BadRequest(parse_error_text(other)),
     })?;
     let len = match status {
@@ -404,6 +405,15 @@ fn header_ranges(buf: &[u8], headers: &[httparse::Header<'_>]) -> Result<Vec<Hea
     Ok(ranges)
 }
 
+/// Whether the request line ends in a well-formed `HTTP/x.y` (so an
+/// unsupported version is a 505 rather than a syntax error).
+fn names_http_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end].strip_suffix(b"\r").unwrap_or(&buf[..line_end]);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit())
+}
+
 fn parse_error_text(error: httparse::Error) -> &'static str {
     match error {
         httparse::Error::HeaderName => "invalid header name",
@@ -504,6 +514,13 @@ mod tests {
         assert_eq!(head.host(raw.as_bytes()), "Example.com:8080");
         assert_eq!(head.framing, BodyFraming::None);
         assert!(head.wants_keep_alive());
+    }
+
+    #[test]
+    fn version_errors() {
+        assert_eq!(parse("GET / HTTP/2.0\r\nHost: a\r\n\r\n").unwrap_err(), HttpError::VersionNotSupported);
+        assert!(matches!(parse("GET / HTTQ/1.1\r\nHost: a\r\n\r\n"), Err(HttpError::BadRequest(_))));
+        assert!(matches!(parse("GET / HTTP/1.x\r\nHost: a\r\n\r\n"), Err(HttpError::BadRequest(_))));
     }
 
     #[test]

@@ -327,7 +327,14 @@ fn build_request_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute) 
         out.extend_from_slice(query.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(route.host_rewrite.as_deref().unwrap_or(ex.host).as_bytes());
+    // An HTTP/1.0 client may send no Host; HTTP/1.1 upstreams require one, so
+    // name the cluster as nginx names the upstream group ($proxy_host).
+    let host = match (&route.host_rewrite, ex.host) {
+        (Some(rewrite), _) => rewrite.as_str(),
+        (None, "") => &route.cluster.name,
+        (None, host) => host,
+    };
+    out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
     let forwarded = ex.snapshot.http.forwarded_headers;
     let mut forwarded_for: Option<Vec<u8>> = None;
