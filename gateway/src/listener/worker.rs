@@ -29,6 +29,7 @@ pub struct Worker {
     snapshot: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     /// The worker's handle on the current snapshot. Requests clone this `Rc`
     /// rather than the `Arc`, whose count every worker would write.
+    #[expect(clippy::redundant_allocation, reason = "the Rc keeps refcount traffic worker-local")]
     current: RefCell<Rc<Arc<Snapshot>>>,
     pub pools: RefCell<Pools>,
     pub balancer: RefCell<Balancer>,
