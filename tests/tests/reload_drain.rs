@@ -237,3 +237,48 @@ fn in_flight_request_finishes_on_its_snapshot() {
         Some(new.port().to_string().as_str())
     );
 }
+
+fn listeners_config(names: &[&str]) -> String {
+    let listeners: Vec<String> =
+        names.iter().map(|name| format!("{{name: {name}, address: \"127.0.0.1:${{{name}}}\"}}")).collect();
+    format!(
+        r#"
+runtime: {{workers: 2}}
+access_log: {{path: "off"}}
+listeners: [{}]
+hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+      - {{name: hello, direct_response: {{body: "hello"}}}}
+"#,
+        listeners.join(", ")
+    )
+}
+
+#[test]
+fn reload_adds_and_removes_listeners_on_every_worker() {
+    let mut gw = Gateway::start(&listeners_config(&["first"]));
+    let first = gw.addr("first");
+    gw.reload(&listeners_config(&["first", "second"]));
+    let second = gw.addr("second");
+    assert!(
+        wait::until(Duration::from_secs(5), || TcpStream::connect(second).is_ok()),
+        "the added listener never accepted; stderr:\n{}",
+        gw.stderr()
+    );
+    // Several connections, so both workers' new sockets are exercised.
+    for _ in 0..20 {
+        assert_eq!(get(second, "l.test", "/").body_str(), "hello");
+        assert_eq!(get(first, "l.test", "/").body_str(), "hello");
+    }
+    gw.reload(&listeners_config(&["second"]));
+    assert!(
+        wait::until(Duration::from_secs(5), || TcpStream::connect(first).is_err()),
+        "the removed listener still accepts; stderr:\n{}",
+        gw.stderr()
+    );
+    for _ in 0..20 {
+        assert_eq!(get(second, "l.test", "/").body_str(), "hello");
+    }
+}
