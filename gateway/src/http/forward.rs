@@ -3,6 +3,7 @@
 //! happen here, and only while the request can still be replayed (see
 //! LIFECYCLE.md beside this file).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -300,12 +301,11 @@ fn request_hash(ex: &Exchange<'_>, conn: &ClientConn, cluster: &crate::upstream:
     if cluster.settings.lb_policy != LbPolicy::ConsistentHash {
         return 0;
     }
-    match &cluster.settings.hash_header {
-        Some(name) => match ex.head.header(ex.raw, name) {
-            Some(value) => xxhash_rust::xxh3::xxh3_64(value),
-            None => xxhash_rust::xxh3::xxh3_64(conn.peer.ip().to_string().as_bytes()),
-        },
-        None => xxhash_rust::xxh3::xxh3_64(conn.peer.ip().to_string().as_bytes()),
+    let header_value = cluster.settings.hash_header.as_deref().and_then(|name| ex.head.header(ex.raw, name));
+    match (header_value, conn.peer.ip()) {
+        (Some(value), _) => xxhash_rust::xxh3::xxh3_64(value),
+        (None, std::net::IpAddr::V4(ip)) => xxhash_rust::xxh3::xxh3_64(&ip.octets()),
+        (None, std::net::IpAddr::V6(ip)) => xxhash_rust::xxh3::xxh3_64(&ip.octets()),
     }
 }
 
@@ -375,7 +375,7 @@ fn build_request_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute) 
             out.extend_from_slice(&list);
             out.extend_from_slice(b", ");
         }
-        out.extend_from_slice(conn.peer.ip().to_string().as_bytes());
+        let _ = write!(out, "{}", conn.peer.ip());
         out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
         out.extend_from_slice(ex.host.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -582,7 +582,7 @@ fn write_response_head(ex: &Exchange<'_>, conn: &mut ClientConn, response: &Resp
     let raw = &conn.upstream_buf;
     let out = &mut conn.out;
     out.clear();
-    out.extend_from_slice(format!("HTTP/1.1 {} ", response.status).as_bytes());
+    let _ = write!(out, "HTTP/1.1 {} ", response.status);
     out.extend_from_slice(&raw[response.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let pass_chunked = ex.head.minor_version == 1;
