@@ -17,6 +17,7 @@ const APT_PACKAGES: &[&str] = &[
     "redis-server", // plugin Redis host calls (tests)
     "util-linux",   // taskset (bench pinning, worker-sizing tests)
     "iproute2",     // ip netns (e2e)
+    "g++",          // libfuzzer-sys compiles libFuzzer (C++)
 ];
 
 /// Extra rustup toolchains, installed with the minimal profile.
@@ -25,7 +26,13 @@ const TOOLCHAINS: &[&str] = &[
 ];
 
 /// rustup components and targets: (toolchain, "component" or "target", name).
-const RUSTUP_ADDS: &[(&str, &str, &str)] = &[("nightly", "component", "rust-src")];
+/// Toolchain "" is the one building the workspace (a minimal-profile install
+/// lacks rustfmt and clippy).
+const RUSTUP_ADDS: &[(&str, &str, &str)] = &[
+    ("", "component", "rustfmt"),
+    ("", "component", "clippy"),
+    ("nightly", "component", "rust-src"),
+];
 
 /// Cargo subcommands: (probe arguments to `cargo`, crate, version that builds on
 /// the stable toolchain).
@@ -54,11 +61,19 @@ pub fn run() -> Result<()> {
     }
 
     for (tc, kind, name) in RUSTUP_ADDS {
-        let list = cmd::output(Command::new("rustup").args([format!("+{tc}").as_str(), kind, "list", "--installed"]))?;
+        let rustup = || {
+            let mut c = Command::new("rustup");
+            if !tc.is_empty() {
+                c.arg(format!("+{tc}"));
+            }
+            c.arg(kind);
+            c
+        };
+        let list = cmd::output(rustup().args(["list", "--installed"]))?;
         // Components carry the host triple ("rust-src" does not); targets never do.
         if !list.lines().any(|l| l == *name || l.starts_with(&format!("{name}-"))) {
-            cmd::run(Command::new("rustup").args([format!("+{tc}").as_str(), kind, "add", name]))?;
-            installed.push(format!("{kind}:{name}@{tc}"));
+            cmd::run(rustup().args(["add", name]))?;
+            installed.push(format!("{kind}:{name}@{}", if tc.is_empty() { "active" } else { tc }));
         }
     }
 
