@@ -3,6 +3,7 @@
 //! machine only the ratio means something. The harness (processes, wrk,
 //! report) is shared; each bench is one module and one `Which` variant.
 
+mod cpu;
 mod procs;
 mod proxy;
 mod wrk;
@@ -38,11 +39,13 @@ fn build_gateway() -> Result<PathBuf> {
     Ok(root.join("target/release/tollgate"))
 }
 
-/// One measured (case, side) pair.
+/// One measured (case, side) pair, with how busy the load and proxy CPUs were.
 struct Row {
     case: &'static str,
     side: &'static str,
     outcome: wrk::Outcome,
+    load_cpu: f64,
+    proxy_cpu: f64,
 }
 
 /// What a bench prints and writes to target/bench/<name>.json: a table of runs
@@ -70,15 +73,15 @@ impl Report {
 
     fn table(&self) -> String {
         let mut out = format!(
-            "{:<12} {:<10} {:>12} {:>10} {:>10}\n",
-            "case", "proxy", "requests/s", "p99 ms", "errors"
+            "{:<12} {:<10} {:>12} {:>10} {:>8} {:>10} {:>10}\n",
+            "case", "proxy", "requests/s", "p99 ms", "errors", "load CPU%", "proxy CPU%"
         );
         for r in &self.rows {
             let o = &r.outcome;
             let _ = writeln!(
                 out,
-                "{:<12} {:<10} {:>12.0} {:>10.2} {:>10}",
-                r.case, r.side, o.rps, o.p99_ms, o.errors
+                "{:<12} {:<10} {:>12.0} {:>10.2} {:>8} {:>10.0} {:>10.0}",
+                r.case, r.side, o.rps, o.p99_ms, o.errors, r.load_cpu, r.proxy_cpu
             );
         }
         out
