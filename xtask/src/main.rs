@@ -8,6 +8,8 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+#[cfg(test)]
+mod tidy;
 
 use std::process::ExitCode;
 
