@@ -72,15 +72,7 @@ impl Procs {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
-        // SAFETY: prctl is async-signal-safe, as required between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start `{}`", cmd::display(&command)))?;
@@ -162,6 +154,19 @@ impl Drop for Procs {
                 let _ = slot.compare_exchange(pgid, 0, Ordering::SeqCst, Ordering::SeqCst);
             }
         }
+    }
+}
+
+/// Makes the kernel SIGKILL the child when xtask exits, however it exits.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe, as required between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

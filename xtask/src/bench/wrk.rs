@@ -35,6 +35,7 @@ pub fn run(url: &str, load: &Load) -> Result<Outcome> {
         wrk.args(["-H", "Connection: close"]);
     }
     wrk.arg(url);
+    super::procs::die_with_parent(&mut wrk);
     let out = cmd::output(&mut wrk)?;
     parse(&out).with_context(|| format!("cannot read the report of `{}`:\n{out}", cmd::display(&wrk)))
 }
