@@ -46,7 +46,8 @@ const STEPS: &[Step] = &[
 
 pub fn run() -> Result<()> {
     let started = Instant::now();
-    setup::run()?;
+    // Without the tools every later step would fail for the same reason: stop here.
+    setup::run().map_err(|e| anyhow::anyhow!("xtask test: FAILED: setup: {e:#}"))?;
     let mut passed = Vec::new();
     let mut failed = Vec::new();
     let mut skipped = Vec::new();
