@@ -44,6 +44,10 @@ enum Task {
         /// Shorter runs (3 s each) for a quick look; numbers are noisier.
         #[arg(long)]
         quick: bool,
+        /// Cap each proxy at this share of its CPU with a cgroup quota (root), so the
+        /// proxy rather than the load side is the bottleneck on a small machine.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        proxy_cpu_percent: Option<u32>,
     },
 }
 
@@ -53,7 +57,11 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Run => run::run(),
         Task::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
-        Task::Bench { which, quick } => bench::run(which, quick),
+        Task::Bench {
+            which,
+            quick,
+            proxy_cpu_percent,
+        } => bench::run(which, quick, proxy_cpu_percent),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

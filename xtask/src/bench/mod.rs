@@ -22,9 +22,9 @@ pub enum Which {
     Proxy,
 }
 
-pub fn run(which: Which, quick: bool) -> Result<()> {
+pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
     match which {
-        Which::Proxy => proxy::run(quick),
+        Which::Proxy => proxy::run(quick, proxy_cpu_percent),
     }
 }
 

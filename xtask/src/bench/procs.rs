@@ -61,8 +61,10 @@ impl Procs {
         &self.dir
     }
 
-    /// Starts `program args` pinned to `cpu` with output in <dir>/<name>.log.
-    pub fn spawn(&mut self, name: &str, cpu: u32, program: &Path, args: &[&str]) -> Result<()> {
+    /// Starts `program args` pinned to `cpu` with output in <dir>/<name>.log,
+    /// inside the cgroup whose `cgroup.procs` file is given (before exec, so
+    /// every process it forks is inside too).
+    pub fn spawn(&mut self, name: &str, cpu: u32, program: &Path, args: &[&str], cgroup: Option<&Path>) -> Result<()> {
         let log_path = self.log_path(name);
         let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
         let mut command = pinned(cpu, program);
@@ -73,6 +75,9 @@ impl Procs {
             .stderr(log)
             .process_group(0);
         die_with_parent(&mut command);
+        if let Some(procs_file) = cgroup {
+            join_cgroup(&mut command, procs_file)?;
+        }
         let child = command
             .spawn()
             .with_context(|| format!("cannot start `{}`", cmd::display(&command)))?;
@@ -168,6 +173,29 @@ pub fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Moves the child into a cgroup between fork and exec ("0" names the writer).
+fn join_cgroup(command: &mut Command, procs_file: &Path) -> Result<()> {
+    let path = std::ffi::CString::new(procs_file.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("bad path {}", procs_file.display()))?;
+    // SAFETY: open, write and close are async-signal-safe; the path was allocated before fork.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(error);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// `taskset -c <cpu> <program>`.

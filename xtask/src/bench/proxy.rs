@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use tollgate_e2e::cgroup::CpuCgroup;
 
 use super::procs::{free_port, http_get, Procs};
 use super::wrk::{self, Load};
@@ -19,13 +20,26 @@ const LOAD_CPU: u32 = 0;
 const BODY: &str = "hello world\n";
 const ROUNDS: usize = 2;
 
-pub fn run(quick: bool) -> Result<()> {
+/// cgroup CPU period when the proxies are capped: short, so throttling adds
+/// at most a few milliseconds to any request.
+const QUOTA_PERIOD_US: u64 = 10_000;
+
+pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
     let tollgate = build_gateway()?;
     let nginx = Path::new("/usr/sbin/nginx");
     if !nginx.exists() {
         bail!("{} not found: run `cargo xtask setup`", nginx.display());
     }
 
+    // Declared before the processes so it is removed after they are killed.
+    let cgroup = match proxy_cpu_percent {
+        Some(percent) => Some(
+            CpuCgroup::create("bench", u64::from(percent) * QUOTA_PERIOD_US / 100, QUOTA_PERIOD_US)
+                .map_err(|e| anyhow::anyhow!("cannot cap the proxies' CPU: {e}"))?,
+        ),
+        None => None,
+    };
+    let procs_file = cgroup.as_ref().map(CpuCgroup::procs_file);
     let mut procs = Procs::new("proxy")?;
     let dir = procs.dir().to_path_buf();
     let upstream: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
@@ -39,18 +53,20 @@ pub fn run(quick: bool) -> Result<()> {
         LOAD_CPU,
         &upstream_conf(&dir, upstream),
         upstream,
+        None,
     )?;
-    start_nginx(
-        &mut procs,
-        "nginx",
-        PROXY_CPU,
-        &proxy_conf(&dir, via_nginx, upstream),
-        via_nginx,
-    )?;
+    let conf = proxy_conf(&dir, via_nginx, upstream);
+    start_nginx(&mut procs, "nginx", PROXY_CPU, &conf, via_nginx, procs_file.as_deref())?;
     let config = dir.join("tollgate.yaml");
     write(&config, &tollgate_conf(via_tollgate, admin, upstream))?;
     let config_arg = config.to_str().context("non-UTF-8 path")?;
-    procs.spawn("tollgate", PROXY_CPU, &tollgate, &["run", "--config", config_arg])?;
+    procs.spawn(
+        "tollgate",
+        PROXY_CPU,
+        &tollgate,
+        &["run", "--config", config_arg],
+        procs_file.as_deref(),
+    )?;
     procs.wait_listening("tollgate", via_tollgate)?;
 
     let sides = [("nginx", via_nginx), ("tollgate", via_tollgate)];
@@ -67,7 +83,8 @@ pub fn run(quick: bool) -> Result<()> {
     let seconds = if quick { 3 } else { 10 };
     println!(
         "bench proxy: wrk -t1 -c50 -d{seconds}s on CPU {LOAD_CPU}, upstream nginx on CPU {LOAD_CPU}, \
-         proxies on CPU {PROXY_CPU}, best of {ROUNDS}; \"direct\" is wrk straight to the upstream"
+         proxies on CPU {PROXY_CPU}{}, best of {ROUNDS}; \"direct\" is wrk straight to the upstream",
+        proxy_cpu_percent.map_or(String::new(), |p| format!(" capped at {p}% (one cgroup for both)"))
     );
     let mut report = Report::new("proxy");
     for (case, close, prefix) in [("keep-alive", false, ""), ("close", true, "close_")] {
@@ -124,7 +141,7 @@ pub fn run(quick: bool) -> Result<()> {
         // first; the ratio then compares the load side with itself.
         if r.outcome.rps >= 0.9 * ceiling || (r.load_cpu >= 95.0 && r.proxy_cpu < 90.0) {
             println!(
-                "note: {} {}: load-bound, not proxy-bound ({:.0}% of the direct ceiling; load CPU {:.0}%, proxy CPU {:.0}%)",
+                "note: {} {}: {:.0}% of the direct ceiling, load CPU {:.0}%, proxy CPU {:.0}%: the load side may be the limit",
                 r.side,
                 r.case,
                 r.outcome.rps * 100.0 / ceiling,
@@ -170,7 +187,14 @@ fn measure(procs: &mut Procs, case: &'static str, side: &'static str, addr: Sock
     })
 }
 
-fn start_nginx(procs: &mut Procs, name: &str, cpu: u32, conf: &str, addr: SocketAddr) -> Result<()> {
+fn start_nginx(
+    procs: &mut Procs,
+    name: &str,
+    cpu: u32,
+    conf: &str,
+    addr: SocketAddr,
+    cgroup: Option<&Path>,
+) -> Result<()> {
     let dir = procs.dir().to_path_buf();
     let conf_path = dir.join(format!("{name}.conf"));
     write(&conf_path, conf)?;
@@ -181,7 +205,7 @@ fn start_nginx(procs: &mut Procs, name: &str, cpu: u32, conf: &str, addr: Socket
         "-c",
         conf_path.to_str().context("non-UTF-8 path")?,
     ];
-    procs.spawn(name, cpu, Path::new("/usr/sbin/nginx"), &args)?;
+    procs.spawn(name, cpu, Path::new("/usr/sbin/nginx"), &args, cgroup)?;
     procs.wait_listening(name, addr)
 }
 
