@@ -239,8 +239,10 @@ fn in_flight_request_finishes_on_its_snapshot() {
 }
 
 fn listeners_config(names: &[&str]) -> String {
-    let listeners: Vec<String> =
-        names.iter().map(|name| format!("{{name: {name}, address: \"127.0.0.1:${{{name}}}\"}}")).collect();
+    let listeners: Vec<String> = names
+        .iter()
+        .map(|name| format!("{{name: {name}, address: \"127.0.0.1:${{{name}}}\"}}"))
+        .collect();
     format!(
         r#"
 runtime: {{workers: 2}}

@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repo root")
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
@@ -26,11 +29,22 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
 fn every_rust_file_opens_with_a_module_header() {
     let root = repo_root();
     let mut files = Vec::new();
-    for dir in ["gateway/src", "gateway/fuzz/fuzz_targets", "xtask/src", "tests/src", "tests/tests"] {
+    for dir in [
+        "gateway/src",
+        "gateway/fuzz/fuzz_targets",
+        "xtask/src",
+        "tests/src",
+        "tests/tests",
+    ] {
         rust_files(&root.join(dir), &mut files);
     }
     files.push(root.join("gateway/build.rs"));
-    assert!(files.len() > 20, "found only {} files: wrong root {}?", files.len(), root.display());
+    assert!(
+        files.len() > 20,
+        "found only {} files: wrong root {}?",
+        files.len(),
+        root.display()
+    );
     let missing: Vec<String> = files
         .iter()
         .filter(|path| {
@@ -39,7 +53,10 @@ fn every_rust_file_opens_with_a_module_header() {
         })
         .map(|path| path.strip_prefix(&root).unwrap_or(path).display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a //! header saying what they own: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a //! header saying what they own: {missing:?}"
+    );
 }
 
 #[test]
@@ -49,7 +66,11 @@ fn architecture_doc_names_every_gateway_module() {
     let mut modules = Vec::new();
     for entry in std::fs::read_dir(root.join("gateway/src")).expect("gateway/src") {
         let path = entry.expect("entry").path();
-        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         if name != "lib" && name != "main" {
             modules.push(name);
         }
@@ -60,5 +81,8 @@ fn architecture_doc_names_every_gateway_module() {
         .iter()
         .filter(|m| !doc.contains(&format!("`{m}.rs`")) && !doc.contains(&format!("`{m}/`")))
         .collect();
-    assert!(unmapped.is_empty(), "docs/ARCHITECTURE.md does not mention gateway modules {unmapped:?}");
+    assert!(
+        unmapped.is_empty(),
+        "docs/ARCHITECTURE.md does not mention gateway modules {unmapped:?}"
+    );
 }

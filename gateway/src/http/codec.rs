@@ -283,7 +283,11 @@ fn split_target<'a>(target: &'a str, method: &str) -> Result<(&'a str, Option<&'
     }
     let scheme_len = ["http://", "https://"]
         .iter()
-        .find(|scheme| target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme))
+        .find(|scheme| {
+            // Bytes, not str slicing: the target may hold non-ASCII bytes
+            // right after the scheme, and a str cut there would panic.
+            target.len() > scheme.len() && target.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+        })
         .map(|scheme| scheme.len())
         .ok_or(HttpError::BadRequest("invalid request target"))?;
     let rest = &target[scheme_len..];
@@ -517,10 +521,34 @@ mod tests {
     }
 
     #[test]
+    fn non_ascii_after_the_scheme_is_rejected_without_panic() {
+        // Found by the request_head fuzz target: slicing the target as str at
+        // the scheme's length cut a multibyte character.
+        for raw in [
+            &b"GET http:/\xC7\x9Ax HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET htt\xC7\x9A//x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(matches!(
+                parse_request(raw, &RequestLimits::default()),
+                Err(HttpError::BadRequest(_))
+            ));
+        }
+    }
+
+    #[test]
     fn version_errors() {
-        assert_eq!(parse("GET / HTTP/2.0\r\nHost: a\r\n\r\n").unwrap_err(), HttpError::VersionNotSupported);
-        assert!(matches!(parse("GET / HTTQ/1.1\r\nHost: a\r\n\r\n"), Err(HttpError::BadRequest(_))));
-        assert!(matches!(parse("GET / HTTP/1.x\r\nHost: a\r\n\r\n"), Err(HttpError::BadRequest(_))));
+        assert_eq!(
+            parse("GET / HTTP/2.0\r\nHost: a\r\n\r\n").unwrap_err(),
+            HttpError::VersionNotSupported
+        );
+        assert!(matches!(
+            parse("GET / HTTQ/1.1\r\nHost: a\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse("GET / HTTP/1.x\r\nHost: a\r\n\r\n"),
+            Err(HttpError::BadRequest(_))
+        ));
     }
 
     #[test]

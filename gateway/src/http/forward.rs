@@ -301,7 +301,11 @@ fn request_hash(ex: &Exchange<'_>, conn: &ClientConn, cluster: &crate::upstream:
     if cluster.settings.lb_policy != LbPolicy::ConsistentHash {
         return 0;
     }
-    let header_value = cluster.settings.hash_header.as_deref().and_then(|name| ex.head.header(ex.raw, name));
+    let header_value = cluster
+        .settings
+        .hash_header
+        .as_deref()
+        .and_then(|name| ex.head.header(ex.raw, name));
     match (header_value, conn.peer.ip()) {
         (Some(value), _) => xxhash_rust::xxh3::xxh3_64(value),
         (None, std::net::IpAddr::V4(ip)) => xxhash_rust::xxh3::xxh3_64(&ip.octets()),
