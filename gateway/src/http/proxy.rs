@@ -203,7 +203,7 @@ async fn serve_request(
             result.bytes_sent,
         ),
     }
-    worker.log_access(&AccessEntry {
+    worker.log_access(|| AccessEntry {
         time: SystemTime::now(),
         client: conn.peer,
         host,

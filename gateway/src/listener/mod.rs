@@ -50,6 +50,9 @@ pub fn bind_reuseport(address: SocketAddr, backlog: u32) -> anyhow::Result<std::
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Accepted sockets inherit it: no setsockopt per connection. Responses
+    // leave in as few writes as possible, so Nagle would only add delay.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket
         .bind(&address.into())

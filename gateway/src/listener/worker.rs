@@ -143,9 +143,11 @@ impl Worker {
         format!("{:016x}{:08x}", self.request_id_prefix, seq)
     }
 
-    pub fn log_access(&self, entry: &AccessEntry<'_>) {
+    /// Writes an access-log line; the entry is only built (clock reads
+    /// included) when a log is open.
+    pub fn log_access<'e>(&self, entry: impl FnOnce() -> AccessEntry<'e>) {
         if let Some((_, writer)) = self.access_log.borrow_mut().as_mut() {
-            writer.write(entry);
+            writer.write(&entry());
         }
     }
 
@@ -260,7 +262,7 @@ async fn accept_loop(worker: Rc<Worker>, name: Arc<str>, listener: monoio::net::
         }
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                // TCP_NODELAY comes from the listening socket (Linux copies it).
                 monoio::spawn(serve_connection(worker.clone(), stream, peer, name.clone()));
             }
             Err(error) => {
