@@ -106,24 +106,34 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Response {
         .unwrap_or_else(|e| panic!("GET {host}{path} via {addr}: {e}"))
 }
 
+/// What `Conn` runs over: a TCP stream, or a TLS stream on top of one
+/// (`crate::tls`). The read timeout lets `peer_closed_within` wait boundedly.
+pub trait Transport: Read + Write {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Transport for TcpStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, timeout)
+    }
+}
+
 /// A client connection that can carry several requests.
-pub struct Conn {
-    stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
     closed: bool,
 }
 
 impl Conn {
     pub fn connect(addr: SocketAddr) -> io::Result<Conn> {
-        Ok(Conn {
-            stream: connect(addr)?,
-            buf: Vec::new(),
-            closed: false,
-        })
+        Ok(Conn::from_stream(connect(addr)?))
     }
+}
 
+impl<S: Transport> Conn<S> {
     /// Wraps an already connected stream (timeouts are the caller's).
-    pub fn from_stream(stream: TcpStream) -> Conn {
+    pub fn from_stream(stream: S) -> Conn<S> {
         Conn {
             stream,
             buf: Vec::new(),
@@ -131,7 +141,7 @@ impl Conn {
         }
     }
 
-    pub fn stream(&mut self) -> &mut TcpStream {
+    pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
 
@@ -297,12 +307,12 @@ impl Conn {
 
     /// Whether the peer has closed: waits up to `timeout` for EOF.
     pub fn peer_closed_within(&mut self, timeout: Duration) -> bool {
-        let _ = self.stream.set_read_timeout(Some(timeout));
+        let _ = Transport::set_read_timeout(&self.stream, Some(timeout));
         let r = match self.fill() {
             Ok(more) => !more,
             Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
         };
-        let _ = self.stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = Transport::set_read_timeout(&self.stream, Some(IO_TIMEOUT));
         r
     }
 }

@@ -1,8 +1,9 @@
 //! Test harness for Tollgate's end-to-end tests: the one way tests start the
 //! gateway (`Gateway`), upstream servers (`Upstream`, `Nginx`), raw HTTP/1.1
-//! clients (`client`), cgroups for worker sizing, and small helpers for
-//! metrics and polling. Everything binds 127.0.0.1 on ports allocated at run
-//! time, so tests run in parallel without shared state.
+//! clients (`client`), certificates and a rustls client (`tls`), cgroups for
+//! worker sizing, and small helpers for metrics and polling. Everything binds
+//! 127.0.0.1 on ports allocated at run time, so tests run in parallel without
+//! shared state.
 
 pub mod cgroup;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod nginx;
 pub mod ports;
+pub mod tls;
 pub mod upstream;
 pub mod wait;
 
