@@ -24,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         ("Runtime.io", "io_driver"),
         ("Cluster.lb_policy", "lb_policy"),
         ("Cluster.endpoints", "endpoints"),
+        ("ListenerTls.unknown_sni", "unknown_sni"),
     ];
     for (field, helper) in custom_fields {
         config.field_attribute(

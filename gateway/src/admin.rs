@@ -98,7 +98,7 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
     match path {
         "/metrics" => {
             let snapshot = state.live.load();
-            let body = crate::metrics::encode(snapshot.generation, &snapshot.clusters);
+            let body = crate::metrics::encode(&snapshot);
             // The body is valid in both formats; answer in the one asked for.
             let openmetrics = request
                 .headers()

@@ -10,4 +10,5 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod route;
+pub mod tls;
 pub mod upstream;

@@ -6,12 +6,15 @@
 //! request path. The control thread sums the shards when `/metrics` is scraped.
 //! The registries that hand out stats by name are locked only when a config
 //! snapshot is built and when metrics are encoded, never per request.
+//!
+//! Certificate expiry is not a counter: it is computed at scrape time from
+//! the running snapshot's loaded certificates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -20,6 +23,7 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::config::Snapshot;
 use crate::upstream::Cluster;
 
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
@@ -158,6 +162,45 @@ impl ClusterStats {
     }
 }
 
+/// Labels of `tollgate_tls_handshakes_total{version}`.
+const TLS_VERSIONS: [&str; 3] = ["TLSv1.2", "TLSv1.3", "none"];
+/// Labels of `tollgate_tls_handshakes_total{result}`.
+const TLS_RESULTS: [&str; 4] = ["ok", "failed", "rejected", "timeout"];
+
+/// A certificate expiring within this is flagged by `tollgate_certificates_expiring`.
+const EXPIRING_WITHIN: Duration = Duration::from_secs(14 * 24 * 60 * 60);
+
+#[derive(Default)]
+struct TlsShard {
+    /// Index = version * TLS_RESULTS.len() + result.
+    handshakes: [AtomicU64; TLS_VERSIONS.len() * TLS_RESULTS.len()],
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_ns: AtomicU64,
+}
+
+/// Handshake counters and latency of one TLS listener, by name.
+pub struct TlsStats {
+    shards: Box<[Padded<TlsShard>]>,
+}
+
+impl TlsStats {
+    /// Counts one handshake. `version` is "TLSv1.2", "TLSv1.3" or "none"
+    /// (failed before a version was agreed); `result` is "ok", "failed",
+    /// "rejected" (unknown SNI) or "timeout". Other labels count as "none" /
+    /// "failed" rather than being lost.
+    pub fn record_handshake(&self, worker: usize, version: &'static str, result: &'static str, latency: Duration) {
+        let shard = shard(&self.shards, worker);
+        let version = TLS_VERSIONS.iter().position(|v| *v == version).unwrap_or(2);
+        let result = TLS_RESULTS.iter().position(|r| *r == result).unwrap_or(1);
+        bump(&shard.handshakes[version * TLS_RESULTS.len() + result]);
+        let seconds = latency.as_secs_f64();
+        bump(&shard.buckets[LATENCY_BUCKETS.partition_point(|bound| *bound < seconds)]);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        shard.latency_sum_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
 /// Counters of one worker; only that worker writes them.
 #[repr(align(64))]
 pub struct WorkerStats {
@@ -220,6 +263,7 @@ struct Stats {
     shards: usize,
     routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+    tls: Mutex<BTreeMap<String, Arc<TlsStats>>>,
     workers: Arc<[WorkerStats]>,
 }
 
@@ -232,6 +276,7 @@ impl Stats {
             shards,
             routes: Mutex::new(BTreeMap::new()),
             clusters: Mutex::new(BTreeMap::new()),
+            tls: Mutex::new(BTreeMap::new()),
             workers: (0..shards).map(|_| WorkerStats::new()).collect(),
         }
     }
@@ -260,6 +305,17 @@ impl Stats {
             .clone()
     }
 
+    fn tls_stats(&self, listener: &str) -> Arc<TlsStats> {
+        let mut tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        tls.entry(listener.to_owned())
+            .or_insert_with(|| {
+                Arc::new(TlsStats {
+                    shards: shards(self.shards),
+                })
+            })
+            .clone()
+    }
+
     fn worker_stats(&self, worker: usize) -> &WorkerStats {
         debug_assert!(
             worker < self.workers.len(),
@@ -269,9 +325,15 @@ impl Stats {
         &self.workers[worker % self.workers.len()]
     }
 
-    fn encode(&self, generation: u64, clusters: &HashMap<String, Arc<Cluster>>) -> String {
+    fn encode(
+        &self,
+        generation: u64,
+        clusters: &HashMap<String, Arc<Cluster>>,
+        certificates: Vec<CertificateExpiry>,
+    ) -> String {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let cluster_stats = self.clusters.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut clusters: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         let mut registry = Registry::default();
@@ -280,6 +342,8 @@ impl Stats {
             routes,
             cluster_stats,
             clusters,
+            tls,
+            certificates,
             workers: self.workers.clone(),
         }));
         let mut out = String::new();
@@ -299,15 +363,69 @@ pub fn cluster_stats(cluster: &str) -> Arc<ClusterStats> {
     global().cluster_stats(cluster)
 }
 
+/// The handshake stats of a TLS listener by name, kept across config reloads.
+pub fn tls_stats(listener: &str) -> Arc<TlsStats> {
+    global().tls_stats(listener)
+}
+
 /// The counters of worker `worker` (0-based, below the count given to `init`).
 pub fn worker_stats(worker: usize) -> &'static WorkerStats {
     global().worker_stats(worker)
 }
 
-/// Prometheus text exposition of every metric, with endpoint health read from
-/// `clusters` (the running snapshot's) and `generation` its config generation.
-pub fn encode(generation: u64, clusters: &HashMap<String, Arc<Cluster>>) -> String {
-    global().encode(generation, clusters)
+/// Prometheus text exposition of every metric, with the config generation,
+/// endpoint health and certificate expiry read from the running snapshot.
+pub fn encode(snapshot: &Snapshot) -> String {
+    global().encode(
+        snapshot.generation,
+        &snapshot.clusters,
+        certificate_expiry(snapshot, SystemTime::now()),
+    )
+}
+
+/// One (certificate, host) pair of `tollgate_certificate_expiry_seconds`.
+#[derive(Debug, Clone, PartialEq)]
+struct CertificateExpiry {
+    certificate: String,
+    /// The virtual host serving it; empty for a certificate no host uses
+    /// (a listener's default certificate).
+    host: String,
+    /// Until not_after; negative once expired.
+    seconds: f64,
+}
+
+/// Every loaded certificate with each host that uses it, sorted.
+fn certificate_expiry(snapshot: &Snapshot, now: SystemTime) -> Vec<CertificateExpiry> {
+    let seconds_left = |not_after: SystemTime| match not_after.duration_since(now) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
+    };
+    let mut used = std::collections::HashSet::new();
+    let mut expiry = Vec::new();
+    for (source, host) in snapshot.source.hosts.iter().zip(snapshot.router.hosts()) {
+        let Some(name) = source.tls.as_ref().map(|tls| tls.certificate.as_str()) else {
+            continue;
+        };
+        if let Some(certificate) = snapshot.certificates.get(name) {
+            used.insert(name);
+            expiry.push(CertificateExpiry {
+                certificate: name.to_owned(),
+                host: host.name.to_string(),
+                seconds: seconds_left(certificate.not_after),
+            });
+        }
+    }
+    for (name, certificate) in &snapshot.certificates {
+        if !used.contains(name.as_str()) {
+            expiry.push(CertificateExpiry {
+                certificate: name.clone(),
+                host: String::new(),
+                seconds: seconds_left(certificate.not_after),
+            });
+        }
+    }
+    expiry.sort_by(|a, b| (&a.certificate, &a.host).cmp(&(&b.certificate, &b.host)));
+    expiry
 }
 
 /// One scrape's view of the stats plus the running snapshot's clusters.
@@ -316,6 +434,8 @@ struct Exposition {
     routes: BTreeMap<(String, String), Arc<RouteStats>>,
     cluster_stats: BTreeMap<String, Arc<ClusterStats>>,
     clusters: Vec<Arc<Cluster>>,
+    tls: BTreeMap<String, Arc<TlsStats>>,
+    certificates: Vec<CertificateExpiry>,
     workers: Arc<[WorkerStats]>,
 }
 
@@ -371,8 +491,82 @@ impl Collector for Exposition {
         encode_routes(&mut encoder, &self.routes)?;
         encode_clusters(&mut encoder, &self.cluster_stats)?;
         encode_endpoints(&mut encoder, &self.clusters)?;
+        encode_tls(&mut encoder, &self.tls)?;
+        encode_certificates(&mut encoder, &self.certificates)?;
         encode_workers(&mut encoder, &self.workers)
     }
+}
+
+fn encode_tls(encoder: &mut DescriptorEncoder, listeners: &BTreeMap<String, Arc<TlsStats>>) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_tls_handshakes",
+        "TLS handshakes, by listener, protocol version and result.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (listener, stats) in listeners {
+        for (v, version) in TLS_VERSIONS.iter().enumerate() {
+            for (r, result) in TLS_RESULTS.iter().enumerate() {
+                let value = sum(&stats.shards, |s| &s.handshakes[v * TLS_RESULTS.len() + r]);
+                // Successes per real version always appear; the rest once seen.
+                if value > 0 || (*result == "ok" && *version != "none") {
+                    let labels = [
+                        ("listener", Escaped(listener)),
+                        ("version", Escaped(version)),
+                        ("result", Escaped(result)),
+                    ];
+                    counter(&mut e, &labels, value)?;
+                }
+            }
+        }
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_tls_handshake_seconds",
+        "Time from accepting a TLS connection to the end of its handshake.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (listener, stats) in listeners {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .enumerate()
+            .map(|(index, bound)| (bound, sum(&stats.shards, |s| &s.buckets[index])))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let seconds = sum(&stats.shards, |s| &s.latency_sum_ns) as f64 / 1e9;
+        e.encode_family(&[("listener", Escaped(listener))])?
+            .encode_histogram::<NoLabelSet>(seconds, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+fn encode_certificates(encoder: &mut DescriptorEncoder, certificates: &[CertificateExpiry]) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_certificate_expiry_seconds",
+        "Seconds until the certificate's not_after (negative once expired), by certificate and host using it.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for expiry in certificates {
+        let labels = [
+            ("certificate", Escaped(&expiry.certificate)),
+            ("host", Escaped(&expiry.host)),
+        ];
+        e.encode_family(&labels)?.encode_gauge(&expiry.seconds)?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_certificates_expiring",
+        "1 when the host's certificate expires within 14 days or has expired.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for expiry in certificates.iter().filter(|expiry| !expiry.host.is_empty()) {
+        let expiring = expiry.seconds < EXPIRING_WITHIN.as_secs_f64();
+        gauge(&mut e, &[("host", Escaped(&expiry.host))], i64::from(expiring))?;
+    }
+    Ok(())
 }
 
 fn encode_routes(
@@ -656,7 +850,7 @@ mod tests {
         upstream.endpoints().endpoints[0].set_active_healthy(false);
         let clusters = HashMap::from([("users-backend".to_owned(), upstream)]);
 
-        let text = stats.encode(7, &clusters);
+        let text = stats.encode(7, &clusters, Vec::new());
         let lines = lines(&text);
         let info = format!("tollgate_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         let expected = [
@@ -709,7 +903,7 @@ mod tests {
     fn escapes_label_values() {
         let stats = Stats::new(1);
         stats.route_stats("quote\"host", "back\\slash").record(0, 301, 0, 0);
-        let text = stats.encode(0, &HashMap::new());
+        let text = stats.encode(0, &HashMap::new(), Vec::new());
         let line = "tollgate_requests_total{host=\"quote\\\"host\",route=\"back\\\\slash\",class=\"3xx\"} 1";
         assert!(lines(&text).contains(&line), "missing {line:?} in:\n{text}");
     }

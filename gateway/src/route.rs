@@ -265,6 +265,9 @@ pub struct Route {
     pub max_body_bytes: Option<u64>,
     pub action: RouteAction,
     pub stats: Arc<RouteStats>,
+    /// The `Strict-Transport-Security` value sent on responses over TLS
+    /// (from the host's `tls.hsts`); None sends no header.
+    pub hsts: Option<Arc<str>>,
 }
 
 /// What a route matches: a path condition and header conditions (all must hold).

@@ -24,6 +24,12 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const BACKLOG: u32 = 32_768;
 
+/// TLS listeners; the minimum version defaults to "1.2".
+pub const TICKET_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+pub const SESSION_CACHE_SIZE: usize = 20_000;
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 pub const REDIRECT_STATUS: u16 = 301;
 pub const DIRECT_STATUS: u16 = 200;
 pub const DIRECT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";

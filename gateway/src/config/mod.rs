@@ -14,6 +14,7 @@ mod settings;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use std::path::Path;
 pub use error::{ConfigErrors, FieldError};
 pub use settings::{AccessLogTarget, HttpSettings, IoDriver, ListenerSettings, RuntimeSettings, WorkersSetting};
 pub use snapshot::Snapshot;
+pub use tls::{ListenerTlsSettings, TlsVersion, UnknownSniPolicy};
 pub use validate::validate;
 
 /// The config built into the binary (and the appliance image).

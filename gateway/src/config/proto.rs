@@ -12,7 +12,7 @@ pub(crate) mod de {
     use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
 
-    use super::{Endpoint, IoDriver, LbPolicy};
+    use super::{Endpoint, IoDriver, LbPolicy, UnknownSni};
 
     /// `workers: auto` or `workers: 4`; kept as a string, checked by validation.
     pub fn workers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -87,6 +87,15 @@ pub(crate) mod de {
             "LB_POLICY_",
             |name| LbPolicy::from_str_name(name).map(|v| v as i32),
             &["round_robin", "least_request", "consistent_hash"],
+        )
+    }
+
+    pub fn unknown_sni<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+        enum_by_name(
+            deserializer,
+            "UNKNOWN_SNI_",
+            |name| UnknownSni::from_str_name(name).map(|v| v as i32),
+            &["default_certificate", "reject"],
         )
     }
 

@@ -2,7 +2,8 @@
 //! clusters and the compiled router, built from a validated config. A new
 //! snapshot reuses every unchanged cluster (keeping its pools and health) and
 //! every unchanged virtual host of the previous one, so a change costs what
-//! it touches.
+//! it touches. Certificates are parsed here too (through validation), on
+//! the control thread; an unchanged one is the previous snapshot's.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,8 +13,10 @@ use std::sync::Arc;
 use super::error::{ConfigErrors, Errors};
 use super::proto;
 use super::settings::{AccessLogTarget, ClusterPlan, HttpSettings, ListenerSettings, RuntimeSettings};
+use super::tls::{HostTlsPlan, ListenerTlsPlan};
 use super::validate::{check, ActionPlan, HostPlan, ProxyPlan};
 use crate::route::{ProxyRoute, Route, RouteAction, RouteTable, Router, VirtualHost};
+use crate::tls::{ListenerTls, LoadedCertificate, SniHost, SniTable};
 use crate::upstream::Cluster;
 
 /// Generation of the last snapshot built; 0 before the first.
@@ -29,6 +32,11 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSettings>,
     pub router: Router,
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Every configured certificate, parsed, by name.
+    pub certificates: HashMap<String, Arc<LoadedCertificate>>,
+    /// Compiled TLS of each TLS listener, by listener name (plain listeners
+    /// have no entry).
+    pub listener_tls: HashMap<String, Arc<ListenerTls>>,
     /// The config this snapshot was built from.
     pub source: proto::Config,
 }
@@ -45,8 +53,9 @@ impl Snapshot {
     /// Resolving endpoint names is the only step after validation that can
     /// fail, and it is reported on `clusters[i].endpoints`.
     pub fn build(config: proto::Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
-        let checked = check(&config, previous)?;
+        let mut checked = check(&config, previous)?;
         let clusters = build_clusters(checked.clusters, &config.clusters, previous)?;
+        let host_tls: Vec<Option<HostTlsPlan>> = checked.hosts.iter_mut().map(|plan| plan.tls.take()).collect();
         let listeners_changed = previous.is_none_or(|previous| previous.listeners != checked.listeners);
         let previous_hosts = previous.map(Snapshot::hosts_by_name);
         let hosts = checked
@@ -66,7 +75,8 @@ impl Snapshot {
                     None => Arc::new(build_host(plan, &clusters)),
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let listener_tls = build_listener_tls(checked.listener_tls, &checked.certificates, &hosts, host_tls)?;
         Ok(Snapshot {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
             runtime: checked.runtime,
@@ -76,6 +86,8 @@ impl Snapshot {
             listeners: checked.listeners,
             router: Router::new(hosts),
             clusters,
+            certificates: checked.certificates,
+            listener_tls,
             source: config,
         })
     }
@@ -127,6 +139,44 @@ fn build_clusters(
     errors.into_result(clusters)
 }
 
+/// Compiles each TLS listener over one SNI table of the hosts' certificates.
+fn build_listener_tls(
+    plans: Vec<ListenerTlsPlan>,
+    certificates: &HashMap<String, Arc<LoadedCertificate>>,
+    hosts: &[Arc<VirtualHost>],
+    host_tls: Vec<Option<HostTlsPlan>>,
+) -> Result<HashMap<String, Arc<ListenerTls>>, ConfigErrors> {
+    if plans.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let table = Arc::new(SniTable::new(hosts.iter().zip(host_tls).filter_map(|(host, tls)| {
+        let tls = tls?;
+        let sni_host = SniHost {
+            host: Arc::clone(&host.name),
+            key: tls.key,
+            client_auth: tls.client_auth,
+        };
+        Some((sni_host, host.domains.as_slice()))
+    })));
+    let mut errors = Errors::default();
+    let mut built = HashMap::with_capacity(plans.len());
+    for plan in plans {
+        let default = plan
+            .settings
+            .default_certificate
+            .as_ref()
+            .and_then(|name| certificates.get(name))
+            .map(|certificate| Arc::clone(&certificate.key));
+        match ListenerTls::build(&plan.name, &plan.settings, Arc::clone(&table), default) {
+            Ok(tls) => {
+                built.insert(plan.name, Arc::new(tls));
+            }
+            Err(message) => errors.add(format!("listeners[{}].tls", plan.index), message),
+        }
+    }
+    errors.into_result(built)
+}
+
 /// Whether every cluster a compiled host proxies to is still the same object.
 fn same_clusters(host: &VirtualHost, clusters: &HashMap<String, Arc<Cluster>>) -> bool {
     host.routes.routes().iter().all(|route| match &route.action {
@@ -154,6 +204,7 @@ fn build_host(plan: HostPlan, clusters: &HashMap<String, Arc<Cluster>>) -> Virtu
                 matcher: route.matcher,
                 max_body_bytes: route.max_body_bytes,
                 action,
+                hsts: plan.hsts.clone(),
             }
         })
         .collect();

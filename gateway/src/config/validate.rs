@@ -19,6 +19,7 @@ use super::settings::{
     ListenerSettings, RuntimeSettings,
 };
 use super::snapshot::Snapshot;
+use super::tls::{self, HostTlsPlan, ListenerTlsPlan};
 use crate::route::{
     anchored, is_token, DirectRoute, Domain, HeaderMatch, HeaderValueMatch, PathMatch, RedirectRoute, RouteMatch,
     VirtualHost,
@@ -31,6 +32,8 @@ pub(crate) struct Checked {
     pub access_log: AccessLogTarget,
     pub http: HttpSettings,
     pub listeners: Vec<ListenerSettings>,
+    pub listener_tls: Vec<ListenerTlsPlan>,
+    pub certificates: HashMap<String, Arc<crate::tls::LoadedCertificate>>,
     pub clusters: Vec<ClusterPlan>,
     pub hosts: Vec<HostPlan>,
 }
@@ -41,6 +44,10 @@ pub(crate) struct HostPlan {
     pub routes: Vec<RoutePlan>,
     /// Whether a route renders the status page (which names the listeners).
     pub uses_status_page: bool,
+    /// The certificate served for the host's domains, when it has one.
+    pub tls: Option<HostTlsPlan>,
+    /// The Strict-Transport-Security value of every route of the host.
+    pub hsts: Option<Arc<str>>,
 }
 
 pub(crate) struct RoutePlan {
@@ -82,12 +89,27 @@ pub(crate) fn check(config: &proto::Config, previous: Option<&Snapshot>) -> Resu
     let access_log = settings::access_log(config.access_log.as_ref());
     let http = settings::http(&mut errors, config.http.as_ref());
     let listeners = settings::listeners(&mut errors, &config.listeners, admin_address);
+    let certificate_names: std::collections::HashSet<&str> =
+        config.certificates.iter().map(|c| c.name.as_str()).collect();
+    let hosts_have_certificates = config
+        .hosts
+        .iter()
+        .any(|host| host.tls.as_ref().is_some_and(|tls| !tls.certificate.is_empty()));
+    let listener_tls = tls::listeners(
+        &mut errors,
+        &config.listeners,
+        &certificate_names,
+        hosts_have_certificates,
+    );
+    let certificates = tls::certificates(&mut errors, &config.certificates, &config.hosts, previous);
     let clusters = settings::clusters(&mut errors, &config.clusters);
     let status_page = status_page(&listeners);
     let context = HostContext {
         clusters: clusters.iter().map(|plan| plan.name.as_str()).collect(),
         status_page: Bytes::from(status_page),
         previous: previous.map(|previous| PreviousHosts(previous.hosts_by_name())),
+        certificate_names,
+        certificates: &certificates,
     };
     let hosts = hosts(&mut errors, &config.hosts, &context);
     errors.into_result(Checked {
@@ -96,6 +118,8 @@ pub(crate) fn check(config: &proto::Config, previous: Option<&Snapshot>) -> Resu
         access_log,
         http,
         listeners,
+        listener_tls,
+        certificates,
         clusters,
         hosts,
     })
@@ -114,6 +138,9 @@ struct HostContext<'a> {
     clusters: std::collections::HashSet<&'a str>,
     status_page: Bytes,
     previous: Option<PreviousHosts<'a>>,
+    /// Every configured certificate name, loaded or not.
+    certificate_names: std::collections::HashSet<&'a str>,
+    certificates: &'a HashMap<String, Arc<crate::tls::LoadedCertificate>>,
 }
 
 /// The previous snapshot's hosts by name, with their source messages.
@@ -136,7 +163,7 @@ impl PreviousHosts<'_> {
 }
 
 /// The name a host is known by: its own, else its first domain.
-fn host_name(index: usize, host: &proto::VirtualHost) -> String {
+pub(super) fn host_name(index: usize, host: &proto::VirtualHost) -> String {
     if !host.name.is_empty() {
         host.name.clone()
     } else {
@@ -223,11 +250,23 @@ fn hosts(errors: &mut Errors, hosts: &[proto::VirtualHost], context: &HostContex
             .routes
             .iter()
             .any(|route| route.direct_response.as_ref().is_some_and(|direct| direct.status_page));
+        let (tls, hsts) = match &host.tls {
+            Some(host_tls) => tls::host(
+                errors,
+                &path,
+                host_tls,
+                &context.certificate_names,
+                context.certificates,
+            ),
+            None => (None, None),
+        };
         plans.push(HostPlan {
             name: name.into(),
             domains: parsed,
             routes,
             uses_status_page,
+            tls,
+            hsts,
         });
     }
     plans
