@@ -380,7 +380,9 @@ fn build_request_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute) 
             out.extend_from_slice(b", ");
         }
         let _ = write!(out, "{}", conn.peer.ip());
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+        out.extend_from_slice(ex.scheme.as_bytes());
+        out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
         out.extend_from_slice(ex.host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
@@ -452,7 +454,8 @@ async fn exchange(
         if (100..200).contains(&response.status) && response.status != 101 {
             if ex.head.minor_version == 1 && response.status != 100 {
                 let len = response.len;
-                write_range(&mut conn.stream, &mut conn.upstream_buf, 0..len, ex.client_timeout)
+                conn.stream
+                    .write_range(&mut conn.upstream_buf, 0..len, ex.client_timeout)
                     .await
                     .map_err(|_| Failure::Client)?;
             }
@@ -476,7 +479,8 @@ async fn exchange(
         }
         write_response_head(ex, conn, &response, false, true);
         conn.out.extend_from_slice(&conn.upstream_buf[response.len..]);
-        write_all(&mut conn.stream, &mut conn.out, ex.client_timeout)
+        conn.stream
+            .write_all(&mut conn.out, ex.client_timeout)
             .await
             .map_err(|_| Failure::Client)?;
         return Ok(Forwarded {
@@ -501,7 +505,8 @@ async fn stream_request_body(
     if ex.head.expect_continue {
         conn.out.clear();
         conn.out.extend_from_slice(super::respond::CONTINUE);
-        write_all(&mut conn.stream, &mut conn.out, ex.client_timeout)
+        conn.stream
+            .write_all(&mut conn.out, ex.client_timeout)
             .await
             .map_err(|_| Failure::Client)?;
     }
@@ -538,7 +543,7 @@ async fn stream_request_body(
         if done {
             return Ok(());
         }
-        match read_more(&mut conn.stream, &mut conn.buf, ex.client_timeout).await {
+        match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
             Ok(0) | Err(_) => return Err(Failure::Client),
             Ok(_) => {}
         }
@@ -603,6 +608,17 @@ fn write_response_head(ex: &Exchange<'_>, conn: &mut ClientConn, response: &Resp
         out.extend_from_slice(b": ");
         out.extend_from_slice(header.value(raw));
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(hsts) = ex.hsts {
+        if !response
+            .headers
+            .iter()
+            .any(|h| h.name(raw).eq_ignore_ascii_case(b"strict-transport-security"))
+        {
+            out.extend_from_slice(b"Strict-Transport-Security: ");
+            out.extend_from_slice(hsts.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -675,10 +691,7 @@ async fn forward_response(
         pos += used;
         if !conn.out.is_empty() {
             bytes_sent += conn.out.len() as u64;
-            if write_all(&mut conn.stream, &mut conn.out, client_timeout)
-                .await
-                .is_err()
-            {
+            if conn.stream.write_all(&mut conn.out, client_timeout).await.is_err() {
                 return Err(Failure::Client);
             }
             conn.out.clear();

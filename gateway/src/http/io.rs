@@ -63,3 +63,40 @@ pub async fn write_all(stream: &mut TcpStream, buf: &mut Vec<u8>, timeout: Durat
     let len = buf.len();
     write_range(stream, buf, 0..len, timeout).await
 }
+
+/// The client side of a connection: plain TCP, or TLS over it.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::TlsStream>),
+}
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Appends what the client sends next (decrypted) to `buf`; 0 at its end.
+    pub async fn read_more(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(stream) => read_more(stream, buf, timeout).await,
+            ClientStream::Tls(stream) => stream.read_more(buf, timeout).await,
+        }
+    }
+
+    pub async fn write_range(
+        &mut self,
+        buf: &mut Vec<u8>,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(stream) => write_range(stream, buf, range, timeout).await,
+            ClientStream::Tls(stream) => stream.write_range(&buf[range], timeout).await,
+        }
+    }
+
+    pub async fn write_all(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<()> {
+        let len = buf.len();
+        self.write_range(buf, 0..len, timeout).await
+    }
+}

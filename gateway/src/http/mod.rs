@@ -4,7 +4,7 @@
 mod chunked;
 mod codec;
 mod forward;
-mod io;
+pub(crate) mod io;
 mod proxy;
 mod respond;
 

@@ -8,12 +8,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use monoio::io::Splitable;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use super::codec::{parse_request, RequestHead, RequestLimits, MAX_HEADERS};
 use super::forward::{self, Forwarded};
-use super::io::{read_more, write_all, READ_CHUNK};
+use super::io::{ClientStream, READ_CHUNK};
 use super::respond::{self, Generated};
 use super::{BodyFraming, HttpError};
 use crate::accesslog::AccessEntry;
@@ -24,7 +24,7 @@ use crate::upstream::UpstreamConn;
 
 /// A client connection's stream and buffers, reused across its requests.
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub peer: SocketAddr,
     /// Bytes received and not consumed yet: body bytes, pipelined requests.
     pub buf: Vec<u8>,
@@ -45,11 +45,18 @@ pub struct Exchange<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub request_id: &'a str,
+    /// "https" when the client connection is TLS.
+    pub scheme: &'static str,
+    /// Strict-Transport-Security value, set only for TLS connections.
+    pub hsts: Option<&'a str>,
     pub max_body_bytes: Option<u64>,
     pub client_timeout: Duration,
     /// The client may send another request after this one.
     pub client_keep_alive: bool,
 }
+
+/// How long a closing TLS connection may take to send close_notify.
+const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
 
 enum NextHead {
     Request(RequestHead),
@@ -59,6 +66,26 @@ enum NextHead {
 
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, listener: Arc<str>) {
     let tracker = worker.track_connection(&stream);
+    let listener_tls = worker.snapshot().listener_tls.get(&*listener).cloned();
+    let stream = match listener_tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => {
+            let started = Instant::now();
+            match crate::tls::accept(stream, &tls).await {
+                Ok(stream) => {
+                    tls.stats
+                        .record_handshake(worker.index, stream.protocol_label(), "ok", started.elapsed());
+                    ClientStream::Tls(Box::new(stream))
+                }
+                Err(error) => {
+                    tls.stats
+                        .record_handshake(worker.index, "none", error.result_label(), started.elapsed());
+                    tracing::debug!(%peer, listener = %listener, %error, "TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
     let mut conn = ClientConn {
         stream,
         peer,
@@ -81,7 +108,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
                 worker.stats.http_error(error.status());
                 conn.out.clear();
                 respond::error(error.status(), &error.to_string(), &mut conn.out);
-                let _ = write_all(&mut conn.stream, &mut conn.out, settings.body_timeout).await;
+                let _ = conn.stream.write_all(&mut conn.out, settings.body_timeout).await;
                 break;
             }
         };
@@ -101,6 +128,9 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
                 return;
             }
         }
+    }
+    if let ClientStream::Tls(stream) = &mut conn.stream {
+        stream.close(CLOSE_NOTIFY_TIMEOUT).await;
     }
 }
 
@@ -126,7 +156,7 @@ async fn read_head(worker: &Worker, conn: &mut ClientConn, settings: &ListenerSe
             None if first => settings.header_timeout,
             None => settings.keepalive_timeout,
         };
-        match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
+        match conn.stream.read_more(&mut conn.buf, timeout).await {
             Ok(0) | Err(_) => return NextHead::Closed,
             Ok(_) => {}
         }
@@ -185,6 +215,8 @@ async fn serve_request(
         path,
         query,
         request_id,
+        scheme: if conn.stream.is_tls() { "https" } else { "http" },
+        hsts: route.and_then(|r| r.hsts.as_deref()).filter(|_| conn.stream.is_tls()),
         max_body_bytes: route.and_then(|r| r.max_body_bytes),
         client_timeout: settings.body_timeout,
         client_keep_alive: head.wants_keep_alive() && !last,
@@ -231,29 +263,18 @@ async fn dispatch(ex: &mut Exchange<'_>, conn: &mut ClientConn, route: &Route) -
         },
         RouteAction::Direct(direct) => {
             let response = Generated {
-                status: direct.status,
-                content_type: &direct.content_type,
-                body: &direct.body,
-                close: false,
-                keep_alive_1_0: false,
-                location: None,
-                request_id: None,
                 head_only: ex.head.method(ex.raw) == "HEAD",
+                ..Generated::new(direct.status, &direct.content_type, &direct.body)
             };
             (answer(ex, conn, response).await, None)
         }
         RouteAction::Redirect(redirect) => {
-            let location = redirect.location("http", ex.host, ex.path, ex.query);
+            let location = redirect.location(ex.scheme, ex.host, ex.path, ex.query);
             let body = format!("Redirecting to {location}\n");
             let response = Generated {
-                status: redirect.status(),
-                content_type: "text/plain; charset=utf-8",
-                body: body.as_bytes(),
-                close: false,
-                keep_alive_1_0: false,
                 location: Some(&location),
-                request_id: None,
                 head_only: ex.head.method(ex.raw) == "HEAD",
+                ..Generated::new(redirect.status(), respond::TEXT_PLAIN, body.as_bytes())
             };
             (answer(ex, conn, response).await, None)
         }
@@ -267,12 +288,11 @@ async fn answer(ex: &Exchange<'_>, conn: &mut ClientConn, mut response: Generate
     response.close = !keep;
     response.keep_alive_1_0 = keep && ex.head.minor_version == 0;
     response.request_id = Some((&ex.snapshot.http.request_id_header, ex.request_id));
+    response.hsts = ex.hsts;
     conn.out.clear();
     response.write_to(&mut conn.out);
     let head_len = conn.out.len() - if response.head_only { 0 } else { response.body.len() };
-    let written = write_all(&mut conn.stream, &mut conn.out, ex.client_timeout)
-        .await
-        .is_ok();
+    let written = conn.stream.write_all(&mut conn.out, ex.client_timeout).await.is_ok();
     Forwarded {
         status: response.status,
         bytes_sent: if written { (conn.out.len() - head_len) as u64 } else { 0 },
@@ -285,17 +305,8 @@ async fn answer(ex: &Exchange<'_>, conn: &mut ClientConn, mut response: Generate
 
 async fn answer_error(ex: &Exchange<'_>, conn: &mut ClientConn, error: HttpError) -> Forwarded {
     let status = error.status();
-    let body = format!("{status} {}: {error}\n", respond::reason(status));
-    let response = Generated {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        body: body.as_bytes(),
-        close: true,
-        keep_alive_1_0: false,
-        location: None,
-        request_id: None,
-        head_only: false,
-    };
+    let body = respond::error_body(status, &error.to_string());
+    let response = Generated::new(status, respond::TEXT_PLAIN, body.as_bytes());
     let mut done = answer(ex, conn, response).await;
     // After a failed exchange the request body may be half read: never reuse.
     if status >= 500 || status == 413 {
@@ -305,32 +316,154 @@ async fn answer_error(ex: &Exchange<'_>, conn: &mut ClientConn, error: HttpError
 }
 
 /// Relays bytes both ways after a protocol switch until both sides close.
+///
+/// One read stays in flight on each side and is never dropped before it
+/// completes (a dropped io_uring read would lose its bytes); writes happen
+/// between reads. For a TLS client, records are decrypted and encrypted here.
 async fn tunnel(conn: ClientConn, upstream: UpstreamConn) {
-    let ClientConn {
-        stream,
-        buf,
-        upstream_buf,
-        ..
-    } = conn;
-    let mut upstream_stream = upstream.stream;
-    let mut early = buf;
-    if !early.is_empty()
-        && write_all(&mut upstream_stream, &mut early, Duration::from_secs(30))
-            .await
-            .is_err()
+    let ClientConn { stream, buf: early, .. } = conn;
+    let (client_tcp, mut tls, client_ciphertext) = match stream {
+        ClientStream::Plain(tcp) => (tcp, None, Vec::new()),
+        ClientStream::Tls(stream) => {
+            let (tcp, tls, incoming) = stream.into_parts();
+            (tcp, Some(tls), incoming)
+        }
+    };
+    let (client_read, mut client_write) = client_tcp.into_split();
+    let (upstream_read, mut upstream_write) = upstream.stream.into_split();
+    let mut to_upstream = early;
+    let mut to_client = Vec::new();
+    if let Some(tls) = tls.as_mut() {
+        if tunnel_decrypt(tls, &client_ciphertext, &mut to_upstream, &mut to_client).is_err() {
+            return;
+        }
+    }
+    if tunnel_write(&mut upstream_write, &mut to_upstream).await.is_err()
+        || tunnel_write(&mut client_write, &mut to_client).await.is_err()
     {
         return;
     }
-    drop(upstream_buf);
-    let (mut client_read, mut client_write) = stream.into_split();
-    let (mut upstream_read, mut upstream_write) = upstream_stream.into_split();
-    let to_upstream = async {
-        let _ = monoio::io::copy(&mut client_read, &mut upstream_write).await;
-        let _ = monoio::io::AsyncWriteRent::shutdown(&mut upstream_write).await;
-    };
-    let to_client = async {
-        let _ = monoio::io::copy(&mut upstream_read, &mut client_write).await;
-        let _ = monoio::io::AsyncWriteRent::shutdown(&mut client_write).await;
-    };
-    monoio::join!(to_upstream, to_client);
+    let mut from_client = std::pin::pin!(read_owned(client_read, Vec::with_capacity(READ_CHUNK)));
+    let mut from_upstream = std::pin::pin!(read_owned(upstream_read, Vec::with_capacity(READ_CHUNK)));
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        monoio::select! {
+            (reader, result, data) = &mut from_client, if client_open => {
+                match result {
+                    Ok(n) if n > 0 => {
+                        let decoded = match tls.as_mut() {
+                            Some(tls) => tunnel_decrypt(tls, &data, &mut to_upstream, &mut to_client),
+                            None => {
+                                to_upstream.extend_from_slice(&data);
+                                Ok(())
+                            }
+                        };
+                        if decoded.is_err()
+                            || tunnel_write(&mut upstream_write, &mut to_upstream).await.is_err()
+                            || tunnel_write(&mut client_write, &mut to_client).await.is_err()
+                        {
+                            return;
+                        }
+                        from_client.set(read_owned(reader, data));
+                    }
+                    _ => {
+                        client_open = false;
+                        let _ = AsyncWriteRent::shutdown(&mut upstream_write).await;
+                    }
+                }
+            }
+            (reader, result, data) = &mut from_upstream, if upstream_open => {
+                match result {
+                    Ok(n) if n > 0 => {
+                        let encoded = match tls.as_mut() {
+                            Some(tls) => tunnel_encrypt(tls, &data, &mut to_client),
+                            None => {
+                                to_client.extend_from_slice(&data);
+                                Ok(())
+                            }
+                        };
+                        if encoded.is_err() || tunnel_write(&mut client_write, &mut to_client).await.is_err() {
+                            return;
+                        }
+                        from_upstream.set(read_owned(reader, data));
+                    }
+                    _ => {
+                        upstream_open = false;
+                        if let Some(tls) = tls.as_mut() {
+                            tls.send_close_notify();
+                            let _ = tunnel_encrypt(tls, &[], &mut to_client);
+                            let _ = tunnel_write(&mut client_write, &mut to_client).await;
+                        }
+                        let _ = AsyncWriteRent::shutdown(&mut client_write).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+type ReadHalf = monoio::io::OwnedReadHalf<TcpStream>;
+type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
+
+/// One read that owns its half and buffer, so it can stay pending across
+/// loop iterations.
+async fn read_owned(mut reader: ReadHalf, mut buf: Vec<u8>) -> (ReadHalf, std::io::Result<usize>, Vec<u8>) {
+    buf.clear();
+    let (result, buf) = reader.read(buf).await;
+    (reader, result, buf)
+}
+
+async fn tunnel_write(writer: &mut WriteHalf, data: &mut Vec<u8>) -> std::io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let (result, returned) = writer.write_all(std::mem::take(data)).await;
+    *data = returned;
+    data.clear();
+    result.map(|_| ())
+}
+
+/// Feeds client ciphertext to rustls: plaintext goes to `plain`, any records
+/// rustls must send back (alerts, key updates) to `records`.
+fn tunnel_decrypt(
+    tls: &mut rustls::ServerConnection,
+    mut ciphertext: &[u8],
+    plain: &mut Vec<u8>,
+    records: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    while !ciphertext.is_empty() {
+        if tls.read_tls(&mut ciphertext)? == 0 {
+            break;
+        }
+        let processed = tls.process_new_packets();
+        while tls.wants_write() {
+            tls.write_tls(records)?;
+        }
+        processed.map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match tls.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tunnel_encrypt(tls: &mut rustls::ServerConnection, mut plain: &[u8], records: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Write;
+    loop {
+        let taken = tls.writer().write(plain)?;
+        plain = &plain[taken..];
+        while tls.wants_write() {
+            tls.write_tls(records)?;
+        }
+        if plain.is_empty() {
+            return Ok(());
+        }
+    }
 }

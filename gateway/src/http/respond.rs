@@ -49,11 +49,29 @@ pub struct Generated<'a> {
     pub keep_alive_1_0: bool,
     pub location: Option<&'a str>,
     pub request_id: Option<(&'a str, &'a str)>,
+    /// Strict-Transport-Security value.
+    pub hsts: Option<&'a str>,
     /// HEAD: headers only.
     pub head_only: bool,
 }
 
-impl Generated<'_> {
+impl<'a> Generated<'a> {
+    /// A response with no extra headers that closes the connection; callers
+    /// set what differs with struct update syntax.
+    pub fn new(status: u16, content_type: &'a str, body: &'a [u8]) -> Generated<'a> {
+        Generated {
+            status,
+            content_type,
+            body,
+            close: true,
+            keep_alive_1_0: false,
+            location: None,
+            request_id: None,
+            hsts: None,
+            head_only: false,
+        }
+    }
+
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let mut head = String::with_capacity(256);
         let _ = write!(
@@ -71,6 +89,9 @@ impl Generated<'_> {
         if let Some((name, value)) = self.request_id {
             let _ = write!(head, "{name}: {value}\r\n");
         }
+        if let Some(hsts) = self.hsts {
+            let _ = write!(head, "Strict-Transport-Security: {hsts}\r\n");
+        }
         if self.close {
             head.push_str("Connection: close\r\n");
         } else if self.keep_alive_1_0 {
@@ -84,20 +105,16 @@ impl Generated<'_> {
     }
 }
 
+/// The body of a generated error response.
+pub fn error_body(status: u16, message: &str) -> String {
+    format!("{status} {}: {message}\n", reason(status))
+}
+
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
 /// A short plain-text error response that closes the connection.
 pub fn error(status: u16, message: &str, out: &mut Vec<u8>) {
-    let body = format!("{status} {}: {message}\n", reason(status));
-    Generated {
-        status,
-        content_type: "text/plain; charset=utf-8",
-        body: body.as_bytes(),
-        close: true,
-        keep_alive_1_0: false,
-        location: None,
-        request_id: None,
-        head_only: false,
-    }
-    .write_to(out);
+    Generated::new(status, TEXT_PLAIN, error_body(status, message).as_bytes()).write_to(out);
 }
 
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
