@@ -6,6 +6,7 @@
 mod cpu;
 mod procs;
 mod proxy;
+mod tls;
 mod wrk;
 
 use std::fmt::Write as _;
@@ -20,11 +21,14 @@ use crate::cmd;
 pub enum Which {
     /// HTTP/1.1 reverse proxy vs nginx: keep-alive and one connection per request.
     Proxy,
+    /// HTTPS termination vs nginx: full TLS 1.3 handshakes and keep-alive requests.
+    Tls,
 }
 
 pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
     match which {
         Which::Proxy => proxy::run(quick, proxy_cpu_percent),
+        Which::Tls => tls::run(quick, proxy_cpu_percent),
     }
 }
 
