@@ -900,6 +900,37 @@ mod tests {
     }
 
     #[test]
+    fn encodes_tls_handshakes_per_listener() {
+        let stats = Stats::new(2);
+        let tls = stats.tls_stats("https");
+        assert!(Arc::ptr_eq(&tls, &stats.tls_stats("https")), "same name, same stats");
+        tls.record_handshake(0, "TLSv1.3", "ok", Duration::from_millis(2));
+        tls.record_handshake(1, "TLSv1.3", "ok", Duration::from_millis(3));
+        tls.record_handshake(1, "TLSv1.2", "ok", Duration::from_micros(400));
+        tls.record_handshake(0, "none", "rejected", Duration::from_micros(100));
+        tls.record_handshake(1, "none", "timeout", Duration::from_secs(10));
+        let text = stats.encode(1, &HashMap::new(), Vec::new());
+        let lines = lines(&text);
+        let expected = [
+            "tollgate_tls_handshakes_total{listener=\"https\",version=\"TLSv1.3\",result=\"ok\"} 2",
+            "tollgate_tls_handshakes_total{listener=\"https\",version=\"TLSv1.2\",result=\"ok\"} 1",
+            "tollgate_tls_handshakes_total{listener=\"https\",version=\"none\",result=\"rejected\"} 1",
+            "tollgate_tls_handshakes_total{listener=\"https\",version=\"none\",result=\"timeout\"} 1",
+            "tollgate_tls_handshake_seconds_bucket{le=\"0.0005\",listener=\"https\"} 2",
+            "tollgate_tls_handshake_seconds_bucket{le=\"0.0025\",listener=\"https\"} 3",
+            "tollgate_tls_handshake_seconds_bucket{le=\"10.0\",listener=\"https\"} 5",
+            "tollgate_tls_handshake_seconds_count{listener=\"https\"} 5",
+        ];
+        for line in expected {
+            assert!(lines.contains(&line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("version=\"TLSv1.2\",result=\"failed\""),
+            "zero failures stay hidden"
+        );
+    }
+
+    #[test]
     fn escapes_label_values() {
         let stats = Stats::new(1);
         stats.route_stats("quote\"host", "back\\slash").record(0, 301, 0, 0);

@@ -9,6 +9,8 @@
 
 mod certs;
 mod sni;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
