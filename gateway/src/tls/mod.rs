@@ -9,6 +9,7 @@
 
 mod certs;
 mod sni;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +25,7 @@ use rustls::ServerConfig;
 
 pub use certs::{CertificateError, LoadedCertificate};
 pub use sni::{ClientAuth, SniHost, SniTable};
+pub use stream::{accept, HandshakeError, TlsStream};
 
 use crate::config::{ListenerTlsSettings, TlsVersion, UnknownSniPolicy};
 use crate::metrics::TlsStats;
