@@ -224,12 +224,13 @@ fn forget_scopes(listener: &str, kept: &[String]) {
     }
 }
 
-/// Ticket keys rotating every `lifetime / 2`; a ticket is accepted until the
-/// key after next replaces its key, so for at most `lifetime`. Each rotation
-/// creates a fresh aws-lc-rs ticketer; the configured lifetime is capped at
-/// 12h by validation because that ticketer rolls its own key every 6h and
-/// keeps one previous key, which is never shorter-lived than our schedule
-/// below 12h.
+/// Ticket keys rotating every `lifetime / 2`: a key encrypts for half the
+/// lifetime and decrypts for the other half, so a ticket is accepted for at
+/// most `lifetime`, which is also the hint sent to clients. rustls offers no
+/// lifetime setting on the aws-lc-rs `Ticketer`, so a `TicketRotator` on our
+/// schedule creates a fresh one per rotation. That ticketer also rolls its
+/// own key every 6h and keeps one previous key (12h in all); validation caps
+/// the lifetime at 12h so that inner schedule never cuts ours short.
 fn ticketer(lifetime: Duration) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
     let rotate_every = u32::try_from((lifetime / 2).as_secs()).unwrap_or(u32::MAX).max(1);
     Ok(Arc::new(rustls::TicketRotator::new(rotate_every, provider_ticketer)?))
