@@ -779,27 +779,10 @@ fn encode_workers(encoder: &mut DescriptorEncoder, workers: &[WorkerStats]) -> s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{ClusterSettings, EndpointSpec, KeepaliveSettings, LbPolicy, OutlierSettings};
+    use crate::upstream::{ClusterSettings, EndpointSpec};
 
     fn settings() -> ClusterSettings {
-        ClusterSettings {
-            lb_policy: LbPolicy::RoundRobin,
-            hash_header: None,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(3),
-            send_timeout: Duration::from_secs(3),
-            dns_refresh: Duration::from_secs(30),
-            keepalive: KeepaliveSettings {
-                max_idle: 200,
-                max_requests: 10_000,
-                idle_timeout: Duration::from_secs(100),
-            },
-            health_check: None,
-            outlier: OutlierSettings {
-                consecutive_failures: 0,
-                ejection_time: Duration::from_secs(30),
-            },
-        }
+        ClusterSettings::for_tests()
     }
 
     fn lines(text: &str) -> Vec<&str> {

@@ -142,26 +142,12 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::upstream::{ClusterSettings, EndpointSpec, KeepaliveSettings, LbPolicy, OutlierSettings};
+    use crate::upstream::{ClusterSettings, EndpointSpec};
 
     fn cluster(addr: SocketAddr, health_check: Option<HealthCheckSettings>) -> Arc<Cluster> {
         let settings = ClusterSettings {
-            lb_policy: LbPolicy::RoundRobin,
-            hash_header: None,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(3),
-            send_timeout: Duration::from_secs(3),
-            dns_refresh: Duration::from_secs(30),
-            keepalive: KeepaliveSettings {
-                max_idle: 200,
-                max_requests: 10_000,
-                idle_timeout: Duration::from_secs(100),
-            },
             health_check,
-            outlier: OutlierSettings {
-                consecutive_failures: 0,
-                ejection_time: Duration::from_secs(30),
-            },
+            ..ClusterSettings::for_tests()
         };
         let spec = EndpointSpec {
             address: addr.to_string(),

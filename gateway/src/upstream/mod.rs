@@ -57,6 +57,32 @@ pub struct ClusterSettings {
     pub outlier: OutlierSettings,
 }
 
+#[cfg(test)]
+impl ClusterSettings {
+    /// Round robin, the documented timeouts and pool sizes, passive ejection
+    /// off: a cluster whose behaviour a unit test can predict.
+    pub(crate) fn for_tests() -> ClusterSettings {
+        ClusterSettings {
+            lb_policy: LbPolicy::RoundRobin,
+            hash_header: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(3),
+            send_timeout: Duration::from_secs(3),
+            dns_refresh: Duration::from_secs(30),
+            keepalive: KeepaliveSettings {
+                max_idle: 200,
+                max_requests: 10_000,
+                idle_timeout: Duration::from_secs(100),
+            },
+            health_check: None,
+            outlier: OutlierSettings {
+                consecutive_failures: 0,
+                ejection_time: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
 /// One configured endpoint: an address literal or a DNS name, with a weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
