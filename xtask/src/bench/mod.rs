@@ -3,6 +3,7 @@
 //! machine only the ratio means something. The harness (processes, wrk,
 //! report) is shared; each bench is one module and one `Which` variant.
 
+mod config;
 mod cpu;
 mod procs;
 mod proxy;
@@ -23,12 +24,15 @@ pub enum Which {
     Proxy,
     /// HTTPS termination vs nginx: full TLS 1.3 handshakes and keep-alive requests.
     Tls,
+    /// Config snapshots of 1k and 20k TLS hosts: initial load, applying 1 and 100 changed hosts, RSS.
+    Config,
 }
 
 pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
     match which {
         Which::Proxy => proxy::run(quick, proxy_cpu_percent),
         Which::Tls => tls::run(quick, proxy_cpu_percent),
+        Which::Config => config::run(quick),
     }
 }
 

@@ -1,0 +1,223 @@
+//! Config-scale measurement run by `cargo xtask bench config`: builds a config
+//! of N TLS hosts (each with its own ECDSA P-256 certificate, route and
+//! cluster with a literal IP endpoint, so no DNS) through the real
+//! `Snapshot` code and times the initial load, changes of 1 and 100 hosts
+//! (route and certificate), and reads VmRSS with every certificate loaded.
+//! Prints one JSON object on stdout.
+//!
+//! Usage: `config_bench --hosts N --cache DIR [--rounds R]`. Generated PEMs
+//! are cached in DIR, so reruns skip key generation.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tollgate::config::proto;
+use tollgate::config::Snapshot;
+
+/// Hosts changed by the larger change.
+const HUNDRED: usize = 100;
+
+struct Args {
+    hosts: usize,
+    cache: PathBuf,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut hosts = None;
+    let mut cache = None;
+    let mut rounds = 7;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--hosts" => hosts = Some(value()?.parse().context("--hosts")?),
+            "--cache" => cache = Some(PathBuf::from(value()?)),
+            "--rounds" => rounds = value()?.parse().context("--rounds")?,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(Args {
+        hosts: hosts.context("--hosts is required")?,
+        cache: cache.context("--cache is required")?,
+        rounds,
+    })
+}
+
+/// `count` (certificate PEM, key PEM) pairs, self-signed for
+/// `h<i>.bench.test`, read from `cache` when an earlier run made them.
+fn certificates(cache: &Path, prefix: &str, count: usize) -> Result<Vec<(String, String)>> {
+    std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let file = cache.join(format!("{prefix}-{count}.json"));
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Ok(pairs) = serde_json::from_str::<Vec<(String, String)>>(&text) {
+            if pairs.len() == count {
+                return Ok(pairs);
+            }
+        }
+    }
+    let pairs = (0..count)
+        .map(|index| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let params = rcgen::CertificateParams::new(vec![format!("h{index}.bench.test")])?;
+            let certificate = params.self_signed(&key)?;
+            Ok((certificate.pem(), key.serialize_pem()))
+        })
+        .collect::<Result<Vec<_>, rcgen::Error>>()?;
+    let temporary = file.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_string(&pairs)?)?;
+    std::fs::rename(&temporary, &file)?;
+    Ok(pairs)
+}
+
+fn host(index: usize, prefix: &str, certificate: &str) -> proto::VirtualHost {
+    proto::VirtualHost {
+        name: format!("h{index}"),
+        domains: vec![format!("h{index}.bench.test")],
+        routes: vec![proto::Route {
+            name: "main".into(),
+            r#match: Some(proto::RouteMatch {
+                prefix: prefix.into(),
+                ..Default::default()
+            }),
+            proxy: Some(proto::ProxyAction {
+                cluster: format!("c{index}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        tls: Some(proto::HostTls {
+            certificate: certificate.into(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn certificate(name: String, (chain, key): &(String, String)) -> proto::Certificate {
+    proto::Certificate {
+        name,
+        cert_chain_pem: chain.clone(),
+        private_key_pem: key.clone(),
+        ..Default::default()
+    }
+}
+
+fn config(pems: &[(String, String)]) -> proto::Config {
+    let count = pems.len();
+    proto::Config {
+        admin: Some(proto::Admin {
+            address: "127.0.0.1:9901".into(),
+        }),
+        access_log: Some(proto::AccessLog { path: "off".into() }),
+        listeners: vec![proto::Listener {
+            name: "https".into(),
+            address: "127.0.0.1:8443".into(),
+            tls: Some(proto::ListenerTls {
+                unknown_sni: proto::UnknownSni::Reject as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        hosts: (0..count).map(|i| host(i, "/", &format!("cert{i}"))).collect(),
+        clusters: (0..count)
+            .map(|i| proto::Cluster {
+                name: format!("c{i}"),
+                endpoints: vec![proto::Endpoint {
+                    address: format!("10.{}.{}.{}:80", i >> 16, (i >> 8) & 0xff, i & 0xff),
+                    weight: 0,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+        certificates: pems
+            .iter()
+            .enumerate()
+            .map(|(i, pem)| certificate(format!("cert{i}"), pem))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The config with `changed` hosts given a new route prefix and a new
+/// certificate (same name, other PEM), as a file edit would make it.
+fn changed(base: &proto::Config, changed: &[usize], round: usize, spare: &[(String, String)]) -> proto::Config {
+    let mut config = base.clone();
+    for (position, &index) in changed.iter().enumerate() {
+        config.hosts[index] = host(index, &format!("/v{round}/"), &format!("cert{index}"));
+        config.certificates[index] = certificate(format!("cert{index}"), &spare[(round + position) % spare.len()]);
+    }
+    config
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn rss_mb() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .context("no VmRSS in /proc/self/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Times `rounds` changes of `size` hosts, each applied to `base` (spread
+/// over the config so no two rounds touch the same hosts).
+fn reload_ms(base: &Snapshot, config: &proto::Config, size: usize, rounds: usize, spare: &[(String, String)]) -> f64 {
+    let count = config.hosts.len();
+    let samples = (0..rounds)
+        .map(|round| {
+            let hosts: Vec<usize> = (0..size).map(|k| (round * 7919 + k * (count / size)) % count).collect();
+            let next = changed(config, &hosts, round + 1, spare);
+            let start = Instant::now();
+            let snapshot = Snapshot::build(next, Some(base)).unwrap_or_else(|errors| panic!("{errors}"));
+            let elapsed = ms(start);
+            drop(snapshot);
+            elapsed
+        })
+        .collect();
+    median(samples)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let start = Instant::now();
+    let pems = certificates(&args.cache, "certs", args.hosts)?;
+    let spare = certificates(&args.cache, "spare", HUNDRED + args.rounds)?;
+    let generate_ms = ms(start);
+    let config = config(&pems);
+    drop(pems);
+    let rss_before_mb = rss_mb()?;
+
+    let start = Instant::now();
+    let base = Snapshot::build(config.clone(), None).unwrap_or_else(|errors| panic!("{errors}"));
+    let initial_load_ms = ms(start);
+    let rss_loaded_mb = rss_mb()?;
+
+    let reload_one_ms = reload_ms(&base, &config, 1, args.rounds, &spare);
+    let reload_hundred_ms = reload_ms(&base, &config, HUNDRED.min(args.hosts), args.rounds, &spare);
+
+    let report = serde_json::json!({
+        "hosts": args.hosts,
+        "rounds": args.rounds,
+        "generate_ms": generate_ms,
+        "initial_load_ms": initial_load_ms,
+        "apply_one_ms": reload_one_ms,
+        "apply_hundred_ms": reload_hundred_ms,
+        "rss_mb": rss_loaded_mb,
+        "rss_before_load_mb": rss_before_mb,
+    });
+    println!("{report}");
+    Ok(())
+}
