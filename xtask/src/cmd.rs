@@ -97,6 +97,15 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Builds the release `tollgate` binary and returns its path.
+pub fn build_release_gateway() -> Result<PathBuf> {
+    let root = repo_root();
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "tollgate", "--bin", "tollgate"]))?;
+    Ok(root.join("target/release/tollgate"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

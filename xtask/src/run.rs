@@ -14,14 +14,10 @@ const ADMIN: &str = "127.0.0.1:9901";
 
 pub fn run() -> Result<()> {
     let root = cmd::repo_root();
-    cmd::run(
-        cmd::cargo()
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "tollgate", "--bin", "tollgate"]),
-    )?;
+    let binary = cmd::build_release_gateway()?;
     let port = LISTENER.rsplit_once(':').map_or("8080", |(_, port)| port);
     println!("Tollgate on {LISTENER}: http://127.0.0.1:{port}/  admin: http://{ADMIN}/metrics  (Ctrl-C stops)");
-    let mut gateway = Command::new(root.join("target/release/tollgate"));
+    let mut gateway = Command::new(binary);
     gateway.current_dir(&root).arg("run");
     // exec: Ctrl-C and SIGTERM go straight to the gateway, which drains and exits.
     let err = gateway.exec();

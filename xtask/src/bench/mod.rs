@@ -5,6 +5,7 @@
 
 mod config;
 mod cpu;
+mod nginx;
 mod procs;
 mod proxy;
 mod tls;
@@ -36,15 +37,20 @@ pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<
     }
 }
 
-/// Builds the release gateway and returns the binary's path.
-fn build_gateway() -> Result<PathBuf> {
-    let root = cmd::repo_root();
-    cmd::run(
-        cmd::cargo()
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "tollgate", "--bin", "tollgate"]),
-    )?;
-    Ok(root.join("target/release/tollgate"))
+/// cgroup CPU period when the proxies are capped: short, so throttling adds
+/// at most a few milliseconds to any request.
+const QUOTA_PERIOD_US: u64 = 10_000;
+
+/// With `--proxy-cpu-percent`, a cgroup that caps both proxies the same way
+/// so they, not the load side, are the bottleneck. Declare it before the
+/// processes so it is removed after they are killed.
+fn proxy_cpu_cap(name: &str, percent: Option<u32>) -> Result<Option<tollgate_e2e::cgroup::CpuCgroup>> {
+    percent
+        .map(|percent| {
+            tollgate_e2e::cgroup::CpuCgroup::create(name, u64::from(percent) * QUOTA_PERIOD_US / 100, QUOTA_PERIOD_US)
+                .map_err(|e| anyhow::anyhow!("cannot cap the proxies' CPU: {e}"))
+        })
+        .transpose()
 }
 
 /// One measured (case, side) pair, with how busy the load and proxy CPUs were.
@@ -65,6 +71,31 @@ struct Report {
 }
 
 impl Report {
+    /// Writes the JSON, then fails when a kept run had errors or completed
+    /// nothing (a crashed side must not read as a number).
+    fn finish(&self) -> Result<()> {
+        let path = self.write()?;
+        println!("wrote {}", path.display());
+        let failures: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|r| r.outcome.errors > 0 || r.outcome.requests == 0)
+            .map(|r| {
+                format!(
+                    "{} {}: {} requests, {} errors",
+                    r.side, r.case, r.outcome.requests, r.outcome.errors
+                )
+            })
+            .collect();
+        if !failures.is_empty() {
+            anyhow::bail!(
+                "the best runs had errors, so the numbers are not comparable: {}",
+                failures.join("; ")
+            );
+        }
+        Ok(())
+    }
+
     fn new(name: &'static str) -> Self {
         Report {
             name,

@@ -10,9 +10,10 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use tollgate_e2e::cgroup::CpuCgroup;
 
+use super::nginx::{nginx_http_paths, nginx_main, start_nginx, upstream_conf, write};
 use super::procs::{free_port, http_get, Procs};
 use super::wrk::{self, Load};
-use super::{build_gateway, cpu, Report, Row};
+use super::{cpu, nginx, proxy_cpu_cap, Report, Row};
 use crate::cmd;
 
 const PROXY_CPU: u32 = 1;
@@ -20,25 +21,12 @@ const LOAD_CPU: u32 = 0;
 const BODY: &str = "hello world\n";
 const ROUNDS: usize = 2;
 
-/// cgroup CPU period when the proxies are capped: short, so throttling adds
-/// at most a few milliseconds to any request.
-const QUOTA_PERIOD_US: u64 = 10_000;
-
 pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
-    let tollgate = build_gateway()?;
-    let nginx = Path::new("/usr/sbin/nginx");
-    if !nginx.exists() {
-        bail!("{} not found: run `cargo xtask setup`", nginx.display());
-    }
+    let tollgate = cmd::build_release_gateway()?;
+    nginx::require()?;
 
     // Declared before the processes so it is removed after they are killed.
-    let cgroup = match proxy_cpu_percent {
-        Some(percent) => Some(
-            CpuCgroup::create("bench", u64::from(percent) * QUOTA_PERIOD_US / 100, QUOTA_PERIOD_US)
-                .map_err(|e| anyhow::anyhow!("cannot cap the proxies' CPU: {e}"))?,
-        ),
-        None => None,
-    };
+    let cgroup = proxy_cpu_cap("bench", proxy_cpu_percent)?;
     let procs_file = cgroup.as_ref().map(CpuCgroup::procs_file);
     let mut procs = Procs::new("proxy")?;
     let dir = procs.dir().to_path_buf();
@@ -150,26 +138,7 @@ pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
             );
         }
     }
-    let path = report.write()?;
-    println!("wrote {}", path.display());
-    let failures: Vec<String> = report
-        .rows
-        .iter()
-        .filter(|r| r.outcome.errors > 0 || r.outcome.requests == 0)
-        .map(|r| {
-            format!(
-                "{} {}: {} requests, {} errors",
-                r.side, r.case, r.outcome.requests, r.outcome.errors
-            )
-        })
-        .collect();
-    if !failures.is_empty() {
-        bail!(
-            "the best runs had errors, so the numbers are not comparable: {}",
-            failures.join("; ")
-        );
-    }
-    Ok(())
+    report.finish()
 }
 
 /// One wrk run against `addr`, with the busy share of both CPUs over the run.
@@ -185,56 +154,6 @@ fn measure(procs: &mut Procs, case: &'static str, side: &'static str, addr: Sock
         load_cpu: cpu::busy_percent(before.0, after.0),
         proxy_cpu: cpu::busy_percent(before.1, after.1),
     })
-}
-
-fn start_nginx(
-    procs: &mut Procs,
-    name: &str,
-    cpu: u32,
-    conf: &str,
-    addr: SocketAddr,
-    cgroup: Option<&Path>,
-) -> Result<()> {
-    let dir = procs.dir().to_path_buf();
-    let conf_path = dir.join(format!("{name}.conf"));
-    write(&conf_path, conf)?;
-    let error_log = dir.join(format!("{name}.error.log"));
-    let args = [
-        "-e",
-        error_log.to_str().context("non-UTF-8 path")?,
-        "-c",
-        conf_path.to_str().context("non-UTF-8 path")?,
-    ];
-    procs.spawn(name, cpu, Path::new("/usr/sbin/nginx"), &args, cgroup)?;
-    procs.wait_listening(name, addr)
-}
-
-/// Settings both nginx instances share: foreground, one worker, every path in
-/// the scratch directory (nginx runs as root in CI and must not touch /var).
-fn nginx_main(dir: &Path, name: &str) -> String {
-    let d = dir.display();
-    let user = if cmd::is_root() { "user root;\n" } else { "" };
-    format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\n{user}pid {d}/{name}.pid;\n\
-         error_log {d}/{name}.error.log warn;\nevents {{ worker_connections 4096; }}\n"
-    )
-}
-
-fn nginx_http_paths(dir: &Path, name: &str) -> String {
-    let d = dir.display();
-    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
-        .iter()
-        .map(|t| format!("  {t}_temp_path {d}/{name}-{t};\n"))
-        .collect()
-}
-
-fn upstream_conf(dir: &Path, listen: SocketAddr) -> String {
-    format!(
-        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  server {{\n    listen {listen};\n    \
-         location / {{ default_type text/plain; return 200 \"hello world\\n\"; }}\n  }}\n}}\n",
-        main = nginx_main(dir, "upstream"),
-        paths = nginx_http_paths(dir, "upstream"),
-    )
 }
 
 /// nginx tuned like Tollgate's defaults: pooled upstream connections (200
@@ -259,8 +178,4 @@ fn tollgate_conf(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) ->
          hosts: [{{name: all, domains: [\"*\"], routes: [{{name: all, match: {{prefix: \"/\"}}, proxy: {{cluster: up}}}}]}}]\n\
          clusters: [{{name: up, endpoints: [\"{upstream}\"]}}]\n"
     )
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

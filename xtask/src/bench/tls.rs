@@ -22,9 +22,10 @@ use anyhow::{bail, Context, Result};
 use tollgate_e2e::cgroup::CpuCgroup;
 use tollgate_e2e::tls::Ca;
 
+use super::nginx::{nginx_http_paths, nginx_main, start_nginx, upstream_conf, write};
 use super::procs::{free_port, Procs};
 use super::wrk::{self, Load};
-use super::{build_gateway, cpu, Report, Row};
+use super::{cpu, nginx, proxy_cpu_cap, Report, Row};
 use crate::cmd;
 
 const PROXY_CPU: u32 = 1;
@@ -33,22 +34,10 @@ const ROUNDS: usize = 2;
 /// wrk sends the URL's host as SNI and resolves it: localhost is 127.0.0.1
 /// here, and a name (unlike an IP) is a valid SNI.
 const HOST: &str = "localhost";
-/// See proxy.rs: a short cgroup period keeps throttling delays small.
-const QUOTA_PERIOD_US: u64 = 10_000;
-
 pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
-    let tollgate = build_gateway()?;
-    let nginx = Path::new("/usr/sbin/nginx");
-    if !nginx.exists() {
-        bail!("{} not found: run `cargo xtask setup`", nginx.display());
-    }
-    let cgroup = match proxy_cpu_percent {
-        Some(percent) => Some(
-            CpuCgroup::create("bench-tls", u64::from(percent) * QUOTA_PERIOD_US / 100, QUOTA_PERIOD_US)
-                .map_err(|e| anyhow::anyhow!("cannot cap the proxies' CPU: {e}"))?,
-        ),
-        None => None,
-    };
+    let tollgate = cmd::build_release_gateway()?;
+    nginx::require()?;
+    let cgroup = proxy_cpu_cap("bench-tls", proxy_cpu_percent)?;
     let procs_file = cgroup.as_ref().map(CpuCgroup::procs_file);
     let mut procs = Procs::new("tls")?;
     let dir = procs.dir().to_path_buf();
@@ -183,26 +172,7 @@ pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
             );
         }
     }
-    let path = report.write()?;
-    println!("wrote {}", path.display());
-    let failures: Vec<String> = report
-        .rows
-        .iter()
-        .filter(|r| r.outcome.errors > 0 || r.outcome.requests == 0)
-        .map(|r| {
-            format!(
-                "{} {}: {} requests, {} errors",
-                r.side, r.case, r.outcome.requests, r.outcome.errors
-            )
-        })
-        .collect();
-    if !failures.is_empty() {
-        bail!(
-            "the best runs had errors, so the numbers are not comparable: {}",
-            failures.join("; ")
-        );
-    }
-    Ok(())
+    report.finish()
 }
 
 const BODY: &str = "hello world\n";
@@ -393,61 +363,6 @@ fn tollgate_conf(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, ce
         cert = cert.display(),
         key = key.display(),
     )
-}
-
-// The helpers below repeat proxy.rs's private ones (nginx main block, temp
-// paths, upstream, start): they belong in a shared nginx module of the bench.
-
-fn start_nginx(
-    procs: &mut Procs,
-    name: &str,
-    cpu: u32,
-    conf: &str,
-    addr: SocketAddr,
-    cgroup: Option<&Path>,
-) -> Result<()> {
-    let dir = procs.dir().to_path_buf();
-    let conf_path = dir.join(format!("{name}.conf"));
-    write(&conf_path, conf)?;
-    let error_log = dir.join(format!("{name}.error.log"));
-    let args = [
-        "-e",
-        error_log.to_str().context("non-UTF-8 path")?,
-        "-c",
-        conf_path.to_str().context("non-UTF-8 path")?,
-    ];
-    procs.spawn(name, cpu, Path::new("/usr/sbin/nginx"), &args, cgroup)?;
-    procs.wait_listening(name, addr)
-}
-
-fn nginx_main(dir: &Path, name: &str) -> String {
-    let d = dir.display();
-    let user = if cmd::is_root() { "user root;\n" } else { "" };
-    format!(
-        "daemon off;\nmaster_process on;\nworker_processes 1;\n{user}pid {d}/{name}.pid;\n\
-         error_log {d}/{name}.error.log warn;\nevents {{ worker_connections 4096; }}\n"
-    )
-}
-
-fn nginx_http_paths(dir: &Path, name: &str) -> String {
-    let d = dir.display();
-    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
-        .iter()
-        .map(|t| format!("  {t}_temp_path {d}/{name}-{t};\n"))
-        .collect()
-}
-
-fn upstream_conf(dir: &Path, listen: SocketAddr) -> String {
-    format!(
-        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  server {{\n    listen {listen};\n    \
-         location / {{ default_type text/plain; return 200 \"hello world\\n\"; }}\n  }}\n}}\n",
-        main = nginx_main(dir, "upstream"),
-        paths = nginx_http_paths(dir, "upstream"),
-    )
-}
-
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

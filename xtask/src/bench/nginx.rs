@@ -1,0 +1,75 @@
+//! nginx as a bench peer: the main block, temp paths and the 12-byte
+//! upstream every bench shares, started pinned (and optionally capped) like
+//! the gateway it is compared with.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::procs::Procs;
+use crate::cmd;
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// Fails early, with the fix, when nginx is not installed.
+pub(super) fn require() -> Result<()> {
+    if !Path::new(NGINX).exists() {
+        anyhow::bail!("{NGINX} not found: run `cargo xtask setup`");
+    }
+    Ok(())
+}
+
+pub(super) fn start_nginx(
+    procs: &mut Procs,
+    name: &str,
+    cpu: u32,
+    conf: &str,
+    addr: SocketAddr,
+    cgroup: Option<&Path>,
+) -> Result<()> {
+    let dir = procs.dir().to_path_buf();
+    let conf_path = dir.join(format!("{name}.conf"));
+    write(&conf_path, conf)?;
+    let error_log = dir.join(format!("{name}.error.log"));
+    let args = [
+        "-e",
+        error_log.to_str().context("non-UTF-8 path")?,
+        "-c",
+        conf_path.to_str().context("non-UTF-8 path")?,
+    ];
+    procs.spawn(name, cpu, Path::new(NGINX), &args, cgroup)?;
+    procs.wait_listening(name, addr)
+}
+
+/// Settings every nginx instance shares: foreground, one worker, every path in
+/// the scratch directory (nginx runs as root in CI and must not touch /var).
+pub(super) fn nginx_main(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    let user = if cmd::is_root() { "user root;\n" } else { "" };
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 1;\n{user}pid {d}/{name}.pid;\n\
+         error_log {d}/{name}.error.log warn;\nevents {{ worker_connections 4096; }}\n"
+    )
+}
+
+pub(super) fn nginx_http_paths(dir: &Path, name: &str) -> String {
+    let d = dir.display();
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .iter()
+        .map(|t| format!("  {t}_temp_path {d}/{name}-{t};\n"))
+        .collect()
+}
+
+pub(super) fn upstream_conf(dir: &Path, listen: SocketAddr) -> String {
+    format!(
+        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  server {{\n    listen {listen};\n    \
+         location / {{ default_type text/plain; return 200 \"hello world\\n\"; }}\n  }}\n}}\n",
+        main = nginx_main(dir, "upstream"),
+        paths = nginx_http_paths(dir, "upstream"),
+    )
+}
+
+pub(super) fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
