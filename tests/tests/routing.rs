@@ -266,3 +266,39 @@ fn errors_keep_the_connection_usable() {
         .unwrap();
     assert_eq!(r.json()["path"], "/after");
 }
+
+/// RFC 9110 §7.6.3: a gateway adds Via to requests it forwards (after any
+/// the client sent); §6.6.1: a forwarded response without Date gets one.
+#[test]
+fn via_is_added_and_a_missing_date_is_supplied() {
+    let (gw, up) = start();
+    let a = gw.addr("http");
+    let r = raw_request(
+        a,
+        &request("GET", "api.test", "/users/me", &[("Via", "1.0 corp-proxy")], None),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = &up.seen()[0];
+    let via: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("via"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(via, ["1.0 corp-proxy", "1.1 tollgate"], "{:?}", seen.headers);
+    let date = r
+        .header("date")
+        .expect("the echo upstream sends no Date; the gateway must add one");
+    assert!(
+        httpdate::parse_http_date(date).is_ok(),
+        "Date is not an HTTP-date: {date}"
+    );
+    assert_eq!(
+        r.headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("date"))
+            .count(),
+        1
+    );
+}

@@ -389,7 +389,9 @@ fn build_request_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute) 
     out.extend_from_slice(ex.snapshot.http.request_id_header.as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(ex.request_id.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    // RFC 9110 §7.6.3: a gateway MUST add Via to requests it forwards inbound
+    // (after any the client sent, which pass through unchanged).
+    let _ = write!(out, "\r\nVia: 1.{} tollgate\r\n", head.minor_version);
     if let Some(upgrade) = &head.upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\nUpgrade: ");
         out.extend_from_slice(&raw[upgrade.clone()]);
@@ -595,6 +597,7 @@ fn write_response_head(ex: &Exchange<'_>, conn: &mut ClientConn, response: &Resp
     out.extend_from_slice(&raw[response.reason.clone()]);
     out.extend_from_slice(b"\r\n");
     let pass_chunked = ex.head.minor_version == 1;
+    let (mut has_date, mut has_hsts) = (false, false);
     for header in &response.headers {
         let name = header.name(raw);
         if is_hop_by_hop(name, &response.connection.listed) {
@@ -604,21 +607,25 @@ fn write_response_head(ex: &Exchange<'_>, conn: &mut ClientConn, response: &Resp
                 continue;
             }
         }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        has_hsts |= name.eq_ignore_ascii_case(b"strict-transport-security");
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(header.value(raw));
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(hsts) = ex.hsts {
-        if !response
-            .headers
-            .iter()
-            .any(|h| h.name(raw).eq_ignore_ascii_case(b"strict-transport-security"))
-        {
-            out.extend_from_slice(b"Strict-Transport-Security: ");
-            out.extend_from_slice(hsts.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+    // RFC 9110 §6.6.1: a response forwarded without Date gets the time it arrived.
+    if !has_date {
+        let _ = write!(
+            out,
+            "Date: {}\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        );
+    }
+    if let Some(hsts) = ex.hsts.filter(|_| !has_hsts) {
+        out.extend_from_slice(b"Strict-Transport-Security: ");
+        out.extend_from_slice(hsts.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
