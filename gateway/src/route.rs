@@ -15,60 +15,115 @@ use bytes::Bytes;
 use crate::metrics::RouteStats;
 use crate::upstream::Cluster;
 
-/// Host name → virtual host.
+/// Host name → virtual host. Every collection is persistent (imbl), so a
+/// router with a few hosts changed is a cheap copy sharing everything else
+/// with the one it came from: `with_changes` costs what it changes.
+#[derive(Clone, Default)]
 pub struct Router {
-    exact: HashMap<Box<str>, usize>,
+    exact: imbl::HashMap<Box<str>, Arc<VirtualHost>>,
     /// Keyed by the suffix after "*." ("example.com" for "*.example.com").
-    wildcard: HashMap<Box<str>, usize>,
-    default: Option<usize>,
-    hosts: Vec<Arc<VirtualHost>>,
+    wildcard: imbl::HashMap<Box<str>, Arc<VirtualHost>>,
+    default: Option<Arc<VirtualHost>>,
+    /// By host name.
+    hosts: imbl::OrdMap<Arc<str>, Arc<VirtualHost>>,
 }
 
 impl Router {
     /// Indexes the hosts' domains. Validation guarantees each domain appears
     /// once; should one repeat anyway, the first host keeps it.
     pub fn new(hosts: Vec<Arc<VirtualHost>>) -> Router {
-        let mut router = Router {
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
-            default: None,
-            hosts: Vec::new(),
-        };
-        for (index, host) in hosts.iter().enumerate() {
+        Router::default().with_changes(std::iter::empty(), hosts)
+    }
+
+    /// This router without the hosts named in `remove` and with `add`
+    /// (replacing any host of the same name). Costs what it changes.
+    pub fn with_changes<'a>(
+        &self,
+        remove: impl IntoIterator<Item = &'a str>,
+        add: impl IntoIterator<Item = Arc<VirtualHost>>,
+    ) -> Router {
+        let mut router = self.clone();
+        for name in remove {
+            router.remove(name);
+        }
+        for host in add {
+            router.remove(&host.name);
             for domain in &host.domains {
                 match domain {
                     Domain::Exact(name) => {
-                        router.exact.entry(name.clone()).or_insert(index);
+                        router.exact.entry(name.clone()).or_insert_with(|| Arc::clone(&host));
                     }
                     Domain::Wildcard(suffix) => {
-                        router.wildcard.entry(suffix.clone()).or_insert(index);
+                        router
+                            .wildcard
+                            .entry(suffix.clone())
+                            .or_insert_with(|| Arc::clone(&host));
                     }
                     Domain::Any => {
-                        router.default.get_or_insert(index);
+                        router.default.get_or_insert_with(|| Arc::clone(&host));
                     }
                 }
             }
+            router.hosts.insert(Arc::clone(&host.name), host);
         }
-        router.hosts = hosts;
         router
     }
 
-    /// Every virtual host, in config order.
-    pub fn hosts(&self) -> &[Arc<VirtualHost>] {
-        &self.hosts
+    /// Drops a host and the domains it holds (not those another host holds).
+    fn remove(&mut self, name: &str) {
+        let Some(old) = self.hosts.remove(name) else {
+            return;
+        };
+        let held = |map: &imbl::HashMap<Box<str>, Arc<VirtualHost>>, key: &str| {
+            map.get(key).is_some_and(|host| Arc::ptr_eq(host, &old))
+        };
+        for domain in &old.domains {
+            match domain {
+                Domain::Exact(name) if held(&self.exact, name) => {
+                    self.exact.remove(name);
+                }
+                Domain::Wildcard(suffix) if held(&self.wildcard, suffix) => {
+                    self.wildcard.remove(suffix);
+                }
+                Domain::Any if self.default.as_ref().is_some_and(|host| Arc::ptr_eq(host, &old)) => {
+                    self.default = None;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every virtual host, by name.
+    pub fn hosts(&self) -> impl ExactSizeIterator<Item = &Arc<VirtualHost>> {
+        self.hosts.values()
+    }
+
+    /// The virtual host of this name.
+    pub fn named(&self, name: &str) -> Option<&Arc<VirtualHost>> {
+        self.hosts.get(name)
+    }
+
+    /// The host holding this domain pattern (not: the host a request for it
+    /// would reach).
+    pub fn owner(&self, domain: &Domain) -> Option<&Arc<VirtualHost>> {
+        match domain {
+            Domain::Exact(name) => self.exact.get(name),
+            Domain::Wildcard(suffix) => self.wildcard.get(suffix),
+            Domain::Any => self.default.as_ref(),
+        }
     }
 
     /// The virtual host serving `host` (a Host header value: any case, may
     /// carry a port, may be a bracketed IPv6 literal).
     pub fn host(&self, host: &str) -> Option<&VirtualHost> {
         let name = normalize_host(host);
-        let index = self.exact.get(name.as_ref()).copied().or_else(|| {
+        let found = self.exact.get(name.as_ref()).or_else(|| {
             // Walking the dots left to right tries the longest suffix first.
             name.match_indices('.')
-                .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]).copied())
-                .or(self.default)
+                .find_map(|(dot, _)| self.wildcard.get(&name[dot + 1..]))
+                .or(self.default.as_ref())
         })?;
-        Some(&self.hosts[index])
+        Some(found)
     }
 
     /// The route for a request. `path` excludes the query string.
@@ -604,7 +659,7 @@ hosts:
 ";
         let indexed = snapshot(yaml).router;
         assert!(
-            indexed.hosts()[0].routes.index.is_some(),
+            indexed.hosts().next().unwrap().routes.index.is_some(),
             "prefix/exact-only tables are indexed"
         );
         // The same table, forced into ordered evaluation by a header match that never applies.
@@ -612,7 +667,7 @@ hosts:
             "{yaml}      - {{name: never, match: {{headers: [{{name: x-never}}]}}, direct_response: {{}}}}\n"
         ))
         .router;
-        assert!(ordered.hosts()[0].routes.index.is_none());
+        assert!(ordered.hosts().next().unwrap().routes.index.is_none());
         let cases = [
             ("/api/v1/x", "api"),
             ("/api", "api"),

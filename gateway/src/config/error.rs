@@ -62,6 +62,17 @@ impl Errors {
         });
     }
 
+    /// Takes over `other`'s errors, their paths' leading `from` replaced by `to`.
+    pub fn absorb(&mut self, other: Errors, from: &str, to: &str) {
+        self.0.extend(other.0.into_iter().map(|error| FieldError {
+            path: match error.path.strip_prefix(from) {
+                Some(rest) => format!("{to}{rest}"),
+                None => error.path,
+            },
+            message: error.message,
+        }));
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -5,11 +5,17 @@
 //!
 //! Flow: YAML text → `proto::Config` (`parse_yaml`, `load_file`) →
 //! `Snapshot::build` (validate everything, then resolve clusters and compile
-//! routes, reusing unchanged parts of the previous snapshot).
+//! routes). Later snapshots come from `Snapshot::apply` with a `ChangeSet`
+//! (the admin API's path; a file reload diffs the file into one), which
+//! checks and compiles only what changed and reuses the rest by hash.
 
+mod apply;
+#[cfg(test)]
+mod apply_tests;
 pub mod defaults;
 mod error;
 pub mod proto;
+mod resources;
 mod settings;
 mod snapshot;
 #[cfg(test)]
@@ -19,7 +25,9 @@ mod validate;
 
 use std::path::Path;
 
+pub use apply::{ChangeSet, Settings};
 pub use error::{ConfigErrors, FieldError};
+pub use resources::{Clusters, Source, SourceConfig, Sources};
 pub use settings::{AccessLogTarget, HttpSettings, IoDriver, ListenerSettings, RuntimeSettings, WorkersSetting};
 pub use snapshot::Snapshot;
 pub use tls::{ListenerTlsSettings, TlsVersion, UnknownSniPolicy};

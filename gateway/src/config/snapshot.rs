@@ -1,9 +1,9 @@
 //! The running configuration: an immutable snapshot of typed settings, live
-//! clusters and the compiled router, built from a validated config. A new
-//! snapshot reuses every unchanged cluster (keeping its pools and health) and
-//! every unchanged virtual host of the previous one, so a change costs what
-//! it touches. Certificates are parsed here too (through validation), on
-//! the control thread; an unchanged one is the previous snapshot's.
+//! clusters, the compiled router, certificates and the SNI table, built from
+//! a validated config. `build` without a previous snapshot checks and
+//! compiles everything; every later snapshot comes from `apply` (apply.rs),
+//! which reuses each unchanged compiled part by content hash. Certificates
+//! are parsed here, on the control thread.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::error::{ConfigErrors, Errors};
 use super::proto;
+use super::resources::{Clusters, References, SourceConfig};
 use super::settings::{AccessLogTarget, ClusterPlan, HttpSettings, ListenerSettings, RuntimeSettings};
 use super::tls::{HostTlsPlan, ListenerTlsPlan};
 use super::validate::{check, ActionPlan, HostPlan, ProxyPlan};
@@ -31,14 +32,17 @@ pub struct Snapshot {
     pub http: HttpSettings,
     pub listeners: Vec<ListenerSettings>,
     pub router: Router,
-    pub clusters: HashMap<String, Arc<Cluster>>,
+    pub clusters: Clusters,
     /// Every configured certificate, parsed, by name.
-    pub certificates: HashMap<String, Arc<LoadedCertificate>>,
+    pub certificates: imbl::HashMap<String, Arc<LoadedCertificate>>,
     /// Compiled TLS of each TLS listener, by listener name (plain listeners
     /// have no entry).
     pub listener_tls: HashMap<String, Arc<ListenerTls>>,
-    /// The config this snapshot was built from.
-    pub source: proto::Config,
+    /// The config this snapshot was built from, by resource.
+    pub source: SourceConfig,
+    /// Every host with a certificate; shared by the listeners' resolvers.
+    pub(super) sni: Arc<SniTable>,
+    pub(super) references: References,
 }
 
 // Workers read snapshots from many threads at once.
@@ -47,91 +51,71 @@ const _: fn() = || {
     shared::<Snapshot>();
 };
 
+pub(super) fn next_generation() -> u64 {
+    GENERATION.fetch_add(1, Ordering::Relaxed) + 1
+}
+
 impl Snapshot {
-    /// Validates `config` and builds it, reusing what is unchanged from
-    /// `previous`. Every error is reported at once; on error nothing is built.
-    /// Resolving endpoint names is the only step after validation that can
-    /// fail, and it is reported on `clusters[i].endpoints`.
+    /// Validates `config` and builds it. With a `previous` snapshot (a file
+    /// reload) the file is compared with it resource by resource and only
+    /// the difference goes through `apply`, so unchanged hosts, clusters
+    /// (their pools and health) and certificates are the previous ones.
+    /// Every error is reported at once, with the file's field paths; on
+    /// error nothing is built. Resolving endpoint names is the only step
+    /// after validation that can fail, reported on `clusters[i].endpoints`.
     pub fn build(config: proto::Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
-        let mut checked = check(&config, previous)?;
-        let clusters = build_clusters(checked.clusters, &config.clusters, previous)?;
-        let host_tls: Vec<Option<HostTlsPlan>> = checked.hosts.iter_mut().map(|plan| plan.tls.take()).collect();
-        let listeners_changed = previous.is_none_or(|previous| previous.listeners != checked.listeners);
-        let previous_hosts = previous.map(Snapshot::hosts_by_name);
-        let hosts = checked
+        match previous {
+            Some(previous) => previous.reload(&config),
+            None => Snapshot::from_config(config),
+        }
+    }
+
+    fn from_config(config: proto::Config) -> Result<Snapshot, ConfigErrors> {
+        let checked = check(&config)?;
+        let clusters = build_clusters(checked.clusters)?;
+        let mut host_tls = Vec::with_capacity(checked.hosts.len());
+        let hosts: Vec<Arc<VirtualHost>> = checked
             .hosts
             .into_iter()
-            .zip(&config.hosts)
-            .map(|(plan, source)| {
-                let reusable = previous_hosts.as_ref().and_then(|hosts| hosts.get(&*plan.name)).filter(
-                    |(previous_source, compiled)| {
-                        *previous_source == source
-                            && !(plan.uses_status_page && listeners_changed)
-                            && same_clusters(compiled, &clusters)
-                    },
-                );
-                match reusable {
-                    Some((_, compiled)) => Arc::clone(compiled),
-                    None => Arc::new(build_host(plan, &clusters)),
-                }
+            .map(|mut plan| {
+                host_tls.push(plan.tls.take());
+                Arc::new(build_host(plan, &clusters))
             })
-            .collect::<Vec<_>>();
-        let listener_tls = build_listener_tls(checked.listener_tls, &checked.certificates, &hosts, host_tls)?;
+            .collect();
+        let sni = Arc::new(SniTable::new(hosts.iter().zip(&host_tls).filter_map(|(host, tls)| {
+            Some((sni_host(host, tls.as_ref()?), host.domains.as_slice()))
+        })));
+        let certificates: imbl::HashMap<String, Arc<LoadedCertificate>> = checked.certificates.into_iter().collect();
+        let listener_tls = build_listener_tls(&checked.listener_tls, &certificates, &sni)?;
+        let source = SourceConfig::new(config);
+        let references = References::new(&source.hosts);
         Ok(Snapshot {
-            generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+            generation: next_generation(),
             runtime: checked.runtime,
             admin_address: checked.admin_address,
             access_log: checked.access_log,
             http: checked.http,
             listeners: checked.listeners,
             router: Router::new(hosts),
-            clusters,
-            certificates: checked.certificates,
+            clusters: Clusters::new(clusters),
+            certificates,
             listener_tls,
-            source: config,
+            source,
+            sni,
+            references,
         })
     }
 }
 
-impl Snapshot {
-    /// Each compiled host by name, with the message it was compiled from
-    /// (`source.hosts` and `router.hosts()` are in the same order).
-    pub(crate) fn hosts_by_name(&self) -> HashMap<&str, (&proto::VirtualHost, &Arc<VirtualHost>)> {
-        self.source
-            .hosts
-            .iter()
-            .zip(self.router.hosts())
-            .map(|(source, compiled)| (&*compiled.name, (source, compiled)))
-            .collect()
-    }
-}
-
-/// Builds the clusters; an unchanged one is the previous `Arc` itself, a
-/// changed one takes over the previous one's endpoint health.
-fn build_clusters(
-    plans: Vec<ClusterPlan>,
-    sources: &[proto::Cluster],
-    previous: Option<&Snapshot>,
-) -> Result<HashMap<String, Arc<Cluster>>, ConfigErrors> {
-    let previous_sources: HashMap<&str, &proto::Cluster> = previous
-        .map(|previous| previous.source.clusters.iter().map(|c| (c.name.as_str(), c)).collect())
-        .unwrap_or_default();
+/// Builds every cluster of a new config.
+fn build_clusters(plans: Vec<ClusterPlan>) -> Result<imbl::HashMap<String, Arc<Cluster>>, ConfigErrors> {
     let mut errors = Errors::default();
-    let mut clusters = HashMap::with_capacity(plans.len());
-    for (index, (plan, source)) in plans.into_iter().zip(sources).enumerate() {
-        let old = previous.and_then(|previous| previous.clusters.get(&plan.name));
-        if let (Some(old), Some(old_source)) = (old, previous_sources.get(plan.name.as_str())) {
-            if *old_source == source {
-                clusters.insert(plan.name, Arc::clone(old));
-                continue;
-            }
-        }
-        match Cluster::build(&plan.name, plan.settings, plan.specs) {
+    let mut clusters = imbl::HashMap::new();
+    for (index, plan) in plans.into_iter().enumerate() {
+        let name = plan.name.clone();
+        match build_cluster(plan, None) {
             Ok(cluster) => {
-                if let Some(old) = old {
-                    cluster.inherit_health(old);
-                }
-                clusters.insert(plan.name, Arc::new(cluster));
+                clusters.insert(name, cluster);
             }
             Err(message) => errors.add(format!("clusters[{index}].endpoints"), message),
         }
@@ -139,25 +123,30 @@ fn build_clusters(
     errors.into_result(clusters)
 }
 
-/// Compiles each TLS listener over one SNI table of the hosts' certificates.
-fn build_listener_tls(
-    plans: Vec<ListenerTlsPlan>,
-    certificates: &HashMap<String, Arc<LoadedCertificate>>,
-    hosts: &[Arc<VirtualHost>],
-    host_tls: Vec<Option<HostTlsPlan>>,
-) -> Result<HashMap<String, Arc<ListenerTls>>, ConfigErrors> {
-    if plans.is_empty() {
-        return Ok(HashMap::new());
+/// A changed cluster takes over the endpoint health of the one it replaces.
+pub(super) fn build_cluster(plan: ClusterPlan, old: Option<&Arc<Cluster>>) -> Result<Arc<Cluster>, String> {
+    let cluster = Cluster::build(&plan.name, plan.settings, plan.specs)?;
+    if let Some(old) = old {
+        cluster.inherit_health(old);
     }
-    let table = Arc::new(SniTable::new(hosts.iter().zip(host_tls).filter_map(|(host, tls)| {
-        let tls = tls?;
-        let sni_host = SniHost {
-            host: Arc::clone(&host.name),
-            key: tls.key,
-            client_auth: tls.client_auth,
-        };
-        Some((sni_host, host.domains.as_slice()))
-    })));
+    Ok(Arc::new(cluster))
+}
+
+pub(super) fn sni_host(host: &VirtualHost, tls: &HostTlsPlan) -> SniHost {
+    SniHost {
+        host: Arc::clone(&host.name),
+        key: Arc::clone(&tls.key),
+        client_auth: tls.client_auth.clone(),
+    }
+}
+
+/// Compiles each TLS listener over the snapshot's SNI table: O(listeners +
+/// hosts with mTLS), whatever the number of hosts.
+pub(super) fn build_listener_tls(
+    plans: &[ListenerTlsPlan],
+    certificates: &imbl::HashMap<String, Arc<LoadedCertificate>>,
+    table: &Arc<SniTable>,
+) -> Result<HashMap<String, Arc<ListenerTls>>, ConfigErrors> {
     let mut errors = Errors::default();
     let mut built = HashMap::with_capacity(plans.len());
     for plan in plans {
@@ -167,9 +156,9 @@ fn build_listener_tls(
             .as_ref()
             .and_then(|name| certificates.get(name))
             .map(|certificate| Arc::clone(&certificate.key));
-        match ListenerTls::build(&plan.name, &plan.settings, Arc::clone(&table), default) {
+        match ListenerTls::build(&plan.name, &plan.settings, Arc::clone(table), default) {
             Ok(tls) => {
-                built.insert(plan.name, Arc::new(tls));
+                built.insert(plan.name.clone(), Arc::new(tls));
             }
             Err(message) => errors.add(format!("listeners[{}].tls", plan.index), message),
         }
@@ -177,17 +166,7 @@ fn build_listener_tls(
     errors.into_result(built)
 }
 
-/// Whether every cluster a compiled host proxies to is still the same object.
-fn same_clusters(host: &VirtualHost, clusters: &HashMap<String, Arc<Cluster>>) -> bool {
-    host.routes.routes().iter().all(|route| match &route.action {
-        RouteAction::Proxy(proxy) => clusters
-            .get(&*proxy.cluster.name)
-            .is_some_and(|current| Arc::ptr_eq(current, &proxy.cluster)),
-        RouteAction::Redirect(_) | RouteAction::Direct(_) => true,
-    })
-}
-
-fn build_host(plan: HostPlan, clusters: &HashMap<String, Arc<Cluster>>) -> VirtualHost {
+pub(super) fn build_host(plan: HostPlan, clusters: &imbl::HashMap<String, Arc<Cluster>>) -> VirtualHost {
     let routes = plan
         .routes
         .into_iter()
@@ -218,7 +197,7 @@ fn build_host(plan: HostPlan, clusters: &HashMap<String, Arc<Cluster>>) -> Virtu
 fn proxy_route(
     plan: ProxyPlan,
     matcher: &crate::route::RouteMatch,
-    clusters: &HashMap<String, Arc<Cluster>>,
+    clusters: &imbl::HashMap<String, Arc<Cluster>>,
 ) -> ProxyRoute {
     // Validation checked the name; the map holds every configured cluster.
     let cluster = Arc::clone(&clusters[&plan.cluster]);

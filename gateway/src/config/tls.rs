@@ -1,9 +1,9 @@
 //! The TLS parts of the config: listener TLS settings, certificates (read,
-//! parsed and checked here, on the control thread, reusing the previous
-//! snapshot's parsed certificate when nothing about it changed), and host
-//! TLS (certificate reference, client CA bundle, the HSTS header value).
+//! parsed and checked here, on the control thread; reuse of unchanged ones
+//! is the change-set path's business), and host TLS (certificate reference,
+//! client CA bundle, the HSTS header value).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,6 @@ use super::defaults;
 use super::error::Errors;
 use super::proto;
 use super::settings::duration;
-use super::snapshot::Snapshot;
 use crate::tls::{ClientAuth, LoadedCertificate};
 
 /// rustls' aws-lc-rs ticketer, which each rotation creates, rolls its own key
@@ -67,13 +66,13 @@ pub(crate) struct HostTlsPlan {
     pub client_auth: Option<ClientAuth>,
 }
 
-/// Converts every TLS listener's settings. `certificates` holds every
-/// configured certificate name (loaded or not); `hosts_have_certificates`
+/// Converts every TLS listener's settings. `certificates` says whether a
+/// certificate name is configured (loaded or not); `hosts_have_certificates`
 /// says whether SNI can select a certificate at all.
 pub(crate) fn listeners(
     errors: &mut Errors,
     listeners: &[proto::Listener],
-    certificates: &HashSet<&str>,
+    certificates: &dyn Fn(&str) -> bool,
     hosts_have_certificates: bool,
 ) -> Vec<ListenerTlsPlan> {
     listeners
@@ -95,13 +94,13 @@ fn listener_settings(
     errors: &mut Errors,
     path: &str,
     tls: &proto::ListenerTls,
-    certificates: &HashSet<&str>,
+    certificates: &dyn Fn(&str) -> bool,
     hosts_have_certificates: bool,
 ) -> ListenerTlsSettings {
     let default_certificate = match tls.default_certificate.as_str() {
         "" => None,
         name => {
-            if !certificates.contains(name) {
+            if !certificates(name) {
                 errors.add(
                     format!("{path}.default_certificate"),
                     format!("unknown certificate \"{name}\""),
@@ -183,68 +182,30 @@ fn listener_settings(
 }
 
 /// Checks names and sources of every certificate, then loads each one that
-/// is well formed, taking the previous snapshot's parsed certificate where
-/// the message (and any file it names) is unchanged. Errors name the hosts
-/// using the certificate.
+/// is well formed. Errors name the hosts using the certificate.
 pub(crate) fn certificates(
     errors: &mut Errors,
     certificates: &[proto::Certificate],
     hosts: &[proto::VirtualHost],
-    previous: Option<&Snapshot>,
 ) -> HashMap<String, Arc<LoadedCertificate>> {
-    let previous_sources: HashMap<&str, &proto::Certificate> = previous
-        .filter(|previous| !previous.certificates.is_empty())
-        .map(|previous| {
-            previous
-                .source
-                .certificates
-                .iter()
-                .map(|c| (c.name.as_str(), c))
-                .collect()
-        })
-        .unwrap_or_default();
     let mut names: HashMap<&str, usize> = HashMap::with_capacity(certificates.len());
     let mut loaded = HashMap::with_capacity(certificates.len());
     for (index, certificate) in certificates.iter().enumerate() {
         let path = format!("certificates[{index}]");
         let before = errors.len();
-        if certificate.name.is_empty() {
-            errors.add(format!("{path}.name"), "must not be empty");
-        } else if let Some(first) = names.insert(&certificate.name, index) {
-            errors.add(
-                format!("{path}.name"),
-                format!(
-                    "duplicate certificate name \"{}\" (also certificates[{first}])",
-                    certificate.name
-                ),
-            );
+        if !certificate.name.is_empty() {
+            if let Some(first) = names.insert(&certificate.name, index) {
+                errors.add(
+                    format!("{path}.name"),
+                    format!(
+                        "duplicate certificate name \"{}\" (also certificates[{first}])",
+                        certificate.name
+                    ),
+                );
+            }
         }
-        one_source(
-            errors,
-            &path,
-            ("cert_chain_file", &certificate.cert_chain_file),
-            ("cert_chain_pem", &certificate.cert_chain_pem),
-            true,
-        );
-        one_source(
-            errors,
-            &path,
-            ("private_key_file", &certificate.private_key_file),
-            ("private_key_pem", &certificate.private_key_pem),
-            true,
-        );
+        certificate_fields(errors, &path, certificate);
         if errors.len() > before {
-            continue;
-        }
-        let reused = previous
-            .and_then(|previous| previous.certificates.get(&certificate.name))
-            .filter(|old| {
-                previous_sources
-                    .get(certificate.name.as_str())
-                    .is_some_and(|old_source| old.is_current(old_source, certificate))
-            });
-        if let Some(old) = reused {
-            loaded.insert(certificate.name.clone(), Arc::clone(old));
             continue;
         }
         match LoadedCertificate::load(certificate) {
@@ -260,16 +221,45 @@ pub(crate) fn certificates(
     loaded
 }
 
+/// The checks of one certificate message that need nothing else: a name and
+/// exactly one source for the chain and for the key.
+pub(crate) fn certificate_fields(errors: &mut Errors, path: &str, certificate: &proto::Certificate) {
+    if certificate.name.is_empty() {
+        errors.add(format!("{path}.name"), "must not be empty");
+    }
+    one_source(
+        errors,
+        path,
+        ("cert_chain_file", &certificate.cert_chain_file),
+        ("cert_chain_pem", &certificate.cert_chain_pem),
+        true,
+    );
+    one_source(
+        errors,
+        path,
+        ("private_key_file", &certificate.private_key_file),
+        ("private_key_pem", &certificate.private_key_pem),
+        true,
+    );
+}
+
 /// ` (used by host "a", "b")` for the hosts naming `certificate`; scanned
 /// only when there is an error to explain.
 fn used_by(hosts: &[proto::VirtualHost], certificate: &str) -> String {
-    const SHOWN: usize = 3;
     let users: Vec<String> = hosts
         .iter()
         .enumerate()
         .filter(|(_, host)| host.tls.as_ref().is_some_and(|tls| tls.certificate == certificate))
-        .map(|(index, host)| format!("\"{}\"", super::validate::host_name(index, host)))
+        .map(|(index, host)| super::validate::host_name(index, host))
         .collect();
+    users_suffix(&users)
+}
+
+/// ` (used by host "a", "b")`, the first three and how many more; empty
+/// without users.
+pub(crate) fn users_suffix(users: &[impl AsRef<str>]) -> String {
+    const SHOWN: usize = 3;
+    let users: Vec<String> = users.iter().map(|user| format!("\"{}\"", user.as_ref())).collect();
     match users.len() {
         0 => String::new(),
         n if n <= SHOWN => format!(" (used by host {})", users.join(", ")),
@@ -291,23 +281,24 @@ fn one_source(errors: &mut Errors, path: &str, a: (&str, &str), b: (&str, &str),
 
 /// Checks a host's TLS and resolves its certificate. Returns the plan (None
 /// when the host names no certificate or on error) and the HSTS header value.
-/// `names` holds every configured certificate name, `loaded` those that
-/// loaded (a failed one is reported on the certificate, not again here).
+/// `configured` says whether a certificate name is configured, `loaded`
+/// gives those that loaded (a failed one is reported on the certificate, not
+/// again here).
 pub(crate) fn host(
     errors: &mut Errors,
     path: &str,
     tls: &proto::HostTls,
-    names: &HashSet<&str>,
-    loaded: &HashMap<String, Arc<LoadedCertificate>>,
+    configured: &dyn Fn(&str) -> bool,
+    loaded: &dyn Fn(&str) -> Option<Arc<LoadedCertificate>>,
 ) -> (Option<HostTlsPlan>, Option<Arc<str>>) {
     let path = format!("{path}.tls");
     let key = match tls.certificate.as_str() {
         "" => None,
-        name if !names.contains(name) => {
+        name if !configured(name) => {
             errors.add(format!("{path}.certificate"), format!("unknown certificate \"{name}\""));
             None
         }
-        name => loaded.get(name).map(|certificate| Arc::clone(&certificate.key)),
+        name => loaded(name).map(|certificate| Arc::clone(&certificate.key)),
     };
     one_source(
         errors,

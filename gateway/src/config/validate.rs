@@ -18,12 +18,11 @@ use super::settings::{
     self, is_authority, is_host, optional_duration, statuses, AccessLogTarget, ClusterPlan, HttpSettings,
     ListenerSettings, RuntimeSettings,
 };
-use super::snapshot::Snapshot;
 use super::tls::{self, HostTlsPlan, ListenerTlsPlan};
 use crate::route::{
     anchored, is_token, DirectRoute, Domain, HeaderMatch, HeaderValueMatch, PathMatch, RedirectRoute, RouteMatch,
-    VirtualHost,
 };
+use crate::tls::LoadedCertificate;
 
 /// A valid config, converted; what `Snapshot::build` turns into live objects.
 pub(crate) struct Checked {
@@ -42,8 +41,6 @@ pub(crate) struct HostPlan {
     pub name: Arc<str>,
     pub domains: Vec<Domain>,
     pub routes: Vec<RoutePlan>,
-    /// Whether a route renders the status page (which names the listeners).
-    pub uses_status_page: bool,
     /// The certificate served for the host's domains, when it has one.
     pub tls: Option<HostTlsPlan>,
     /// The Strict-Transport-Security value of every route of the host.
@@ -77,12 +74,11 @@ pub(crate) struct ProxyPlan {
 /// Validates a config without building anything (no DNS): what
 /// `tollgate check` needs besides endpoint resolution.
 pub fn validate(config: &proto::Config) -> Result<(), ConfigErrors> {
-    check(config, None).map(|_| ())
+    check(config).map(|_| ())
 }
 
-/// Validates and converts. Hosts whose message equals one in `previous` reuse
-/// its compiled matchers instead of compiling their regexes again.
-pub(crate) fn check(config: &proto::Config, previous: Option<&Snapshot>) -> Result<Checked, ConfigErrors> {
+/// Validates and converts a whole config, loading every certificate.
+pub(crate) fn check(config: &proto::Config) -> Result<Checked, ConfigErrors> {
     let mut errors = Errors::default();
     let runtime = settings::runtime(&mut errors, config.runtime.as_ref());
     let admin_address = settings::admin_address(&mut errors, config.admin.as_ref());
@@ -95,21 +91,21 @@ pub(crate) fn check(config: &proto::Config, previous: Option<&Snapshot>) -> Resu
         .hosts
         .iter()
         .any(|host| host.tls.as_ref().is_some_and(|tls| !tls.certificate.is_empty()));
+    let has_certificate = |name: &str| certificate_names.contains(name);
     let listener_tls = tls::listeners(
         &mut errors,
         &config.listeners,
-        &certificate_names,
+        &has_certificate,
         hosts_have_certificates,
     );
-    let certificates = tls::certificates(&mut errors, &config.certificates, &config.hosts, previous);
+    let certificates = tls::certificates(&mut errors, &config.certificates, &config.hosts);
     let clusters = settings::clusters(&mut errors, &config.clusters);
-    let status_page = status_page(&listeners);
+    let cluster_names: std::collections::HashSet<&str> = clusters.iter().map(|plan| plan.name.as_str()).collect();
     let context = HostContext {
-        clusters: clusters.iter().map(|plan| plan.name.as_str()).collect(),
-        status_page: Bytes::from(status_page),
-        previous: previous.map(|previous| PreviousHosts(previous.hosts_by_name())),
-        certificate_names,
-        certificates: &certificates,
+        has_cluster: &|name| cluster_names.contains(name),
+        status_page: status_page(&listeners),
+        has_certificate: &has_certificate,
+        certificate: &|name| certificates.get(name).cloned(),
     };
     let hosts = hosts(&mut errors, &config.hosts, &context);
     errors.into_result(Checked {
@@ -126,40 +122,24 @@ pub(crate) fn check(config: &proto::Config, previous: Option<&Snapshot>) -> Resu
 }
 
 /// The built-in status page: the version and every listener.
-fn status_page(listeners: &[ListenerSettings]) -> String {
+pub(crate) fn status_page(listeners: &[ListenerSettings]) -> Bytes {
     let mut page = format!("tollgate {}\n\nlisteners:\n", env!("CARGO_PKG_VERSION"));
     for listener in listeners {
         let _ = writeln!(page, "  {} {}", listener.name, listener.address);
     }
-    page
+    Bytes::from(page)
 }
 
-struct HostContext<'a> {
-    clusters: std::collections::HashSet<&'a str>,
-    status_page: Bytes,
-    previous: Option<PreviousHosts<'a>>,
-    /// Every configured certificate name, loaded or not.
-    certificate_names: std::collections::HashSet<&'a str>,
-    certificates: &'a HashMap<String, Arc<crate::tls::LoadedCertificate>>,
-}
-
-/// The previous snapshot's hosts by name, with their source messages.
-struct PreviousHosts<'a>(HashMap<&'a str, (&'a proto::VirtualHost, &'a Arc<VirtualHost>)>);
-
-impl PreviousHosts<'_> {
-    /// The compiled matchers of the previous host of this name, when its
-    /// message is unchanged (so they are exactly what compiling would give).
-    fn matchers(&self, name: &str, host: &proto::VirtualHost) -> Option<Vec<RouteMatch>> {
-        let (source, compiled) = self.0.get(name)?;
-        (*source == host).then(|| {
-            compiled
-                .routes
-                .routes()
-                .iter()
-                .map(|route| route.matcher.clone())
-                .collect()
-        })
-    }
+/// What checking one host needs to know about the rest of the config; as
+/// lookups, so a change set can answer from the snapshot's own maps.
+pub(crate) struct HostContext<'a> {
+    pub has_cluster: &'a dyn Fn(&str) -> bool,
+    pub status_page: Bytes,
+    /// Whether a certificate of this name is configured (loaded or not).
+    pub has_certificate: &'a dyn Fn(&str) -> bool,
+    /// The loaded certificate of this name (a failed one is reported on the
+    /// certificate, not again on the hosts).
+    pub certificate: &'a dyn Fn(&str) -> Option<Arc<LoadedCertificate>>,
 }
 
 /// The name a host is known by: its own, else its first domain.
@@ -187,89 +167,90 @@ fn hosts(errors: &mut Errors, hosts: &[proto::VirtualHost], context: &HostContex
                 format!("duplicate host name \"{name}\" (also hosts[{first}])"),
             );
         }
-        if host.domains.is_empty() {
-            errors.add(
-                format!("{path}.domains"),
-                "at least one domain is required (\"*\" for any)",
-            );
-        }
-        let mut parsed = Vec::with_capacity(host.domains.len());
-        for (domain_index, domain) in host.domains.iter().enumerate() {
-            match Domain::parse(domain) {
-                Ok(domain) => {
-                    if let Some((other, other_domain)) = domains.get(&domain) {
-                        errors.add(
-                            format!("{path}.domains[{domain_index}]"),
-                            format!("domain \"{domain}\" is already used by hosts[{other}].domains[{other_domain}]"),
-                        );
-                    } else {
-                        domains.insert(domain.clone(), (index, domain_index));
-                        parsed.push(domain);
-                    }
-                }
-                Err(message) => errors.add(format!("{path}.domains[{domain_index}]"), message),
+        let mut claim = |domain: &Domain, domain_index: usize| match domains.get(domain) {
+            Some((other, other_domain)) => Err(format!(
+                "domain \"{domain}\" is already used by hosts[{other}].domains[{other_domain}]"
+            )),
+            None => {
+                domains.insert(domain.clone(), (index, domain_index));
+                Ok(())
             }
-        }
-        if host.routes.is_empty() {
-            errors.add(format!("{path}.routes"), "at least one route is required");
-        }
-        let reused = context
-            .previous
-            .as_ref()
-            .and_then(|previous| previous.matchers(&name, host));
-        let mut route_names: HashMap<String, usize> = HashMap::new();
-        let mut routes = Vec::with_capacity(host.routes.len());
-        for (route_index, route) in host.routes.iter().enumerate() {
-            let route_path = format!("{path}.routes[{route_index}]");
-            let route_name = if route.name.is_empty() {
-                route_index.to_string()
-            } else {
-                route.name.clone()
-            };
-            if let Some(first) = route_names.insert(route_name.clone(), route_index) {
-                errors.add(
-                    format!("{route_path}.name"),
-                    format!("duplicate route name \"{route_name}\" (also routes[{first}])"),
-                );
-            }
-            let matcher = match reused.as_ref().and_then(|matchers| matchers.get(route_index)) {
-                Some(matcher) => Some(matcher.clone()),
-                None => route_match(errors, &route_path, route.r#match.as_ref()),
-            };
-            let action = action(errors, &route_path, route, matcher.as_ref(), context);
-            if let (Some(matcher), Some(action)) = (matcher, action) {
-                routes.push(RoutePlan {
-                    name: route_name.into(),
-                    matcher,
-                    max_body_bytes: (route.max_body_bytes != 0).then_some(route.max_body_bytes),
-                    action,
-                });
-            }
-        }
-        let uses_status_page = host
-            .routes
-            .iter()
-            .any(|route| route.direct_response.as_ref().is_some_and(|direct| direct.status_page));
-        let (tls, hsts) = match &host.tls {
-            Some(host_tls) => tls::host(
-                errors,
-                &path,
-                host_tls,
-                &context.certificate_names,
-                context.certificates,
-            ),
-            None => (None, None),
         };
-        plans.push(HostPlan {
-            name: name.into(),
-            domains: parsed,
-            routes,
-            uses_status_page,
-            tls,
-            hsts,
-        });
+        plans.push(host_plan(errors, &path, name, host, context, &mut claim));
     }
     plans
+}
+
+/// Checks and converts one host. `claim` takes each of its domains for it,
+/// or says which host holds it already.
+pub(crate) fn host_plan(
+    errors: &mut Errors,
+    path: &str,
+    name: String,
+    host: &proto::VirtualHost,
+    context: &HostContext<'_>,
+    claim: &mut dyn FnMut(&Domain, usize) -> Result<(), String>,
+) -> HostPlan {
+    if host.domains.is_empty() {
+        errors.add(
+            format!("{path}.domains"),
+            "at least one domain is required (\"*\" for any)",
+        );
+    }
+    let mut parsed = Vec::with_capacity(host.domains.len());
+    for (domain_index, domain) in host.domains.iter().enumerate() {
+        match Domain::parse(domain).and_then(|domain| claim(&domain, domain_index).map(|()| domain)) {
+            Ok(domain) => parsed.push(domain),
+            Err(message) => errors.add(format!("{path}.domains[{domain_index}]"), message),
+        }
+    }
+    if host.routes.is_empty() {
+        errors.add(format!("{path}.routes"), "at least one route is required");
+    }
+    let mut route_names: HashMap<String, usize> = HashMap::new();
+    let mut routes = Vec::with_capacity(host.routes.len());
+    for (route_index, route) in host.routes.iter().enumerate() {
+        let route_path = format!("{path}.routes[{route_index}]");
+        let route_name = if route.name.is_empty() {
+            route_index.to_string()
+        } else {
+            route.name.clone()
+        };
+        if let Some(first) = route_names.insert(route_name.clone(), route_index) {
+            errors.add(
+                format!("{route_path}.name"),
+                format!("duplicate route name \"{route_name}\" (also routes[{first}])"),
+            );
+        }
+        let matcher = route_match(errors, &route_path, route.r#match.as_ref());
+        let action = action(errors, &route_path, route, matcher.as_ref(), context);
+        if let (Some(matcher), Some(action)) = (matcher, action) {
+            routes.push(RoutePlan {
+                name: route_name.into(),
+                matcher,
+                max_body_bytes: (route.max_body_bytes != 0).then_some(route.max_body_bytes),
+                action,
+            });
+        }
+    }
+    let (tls, hsts) = match &host.tls {
+        Some(host_tls) => tls::host(errors, path, host_tls, context.has_certificate, context.certificate),
+        None => (None, None),
+    };
+    HostPlan {
+        name: name.into(),
+        domains: parsed,
+        routes,
+        tls,
+        hsts,
+    }
+}
+
+/// Whether a route of the host renders the status page.
+pub(crate) fn uses_status_page(host: &proto::VirtualHost) -> bool {
+    host.routes
+        .iter()
+        .any(|route| route.direct_response.as_ref().is_some_and(|direct| direct.status_page))
 }
 
 fn route_match(errors: &mut Errors, path: &str, matcher: Option<&proto::RouteMatch>) -> Option<RouteMatch> {
@@ -389,7 +370,7 @@ fn proxy_plan(
     let before = errors.len();
     if proxy.cluster.is_empty() {
         errors.add(format!("{path}.cluster"), "must name a cluster");
-    } else if !context.clusters.contains(proxy.cluster.as_str()) {
+    } else if !(context.has_cluster)(&proxy.cluster) {
         errors.add(
             format!("{path}.cluster"),
             format!("unknown cluster \"{}\"", proxy.cluster),

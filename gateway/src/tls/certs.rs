@@ -179,10 +179,11 @@ impl LoadedCertificate {
         })
     }
 
-    /// Whether this certificate is what loading `source` again would give:
-    /// the same message and, for files, the same files on disk.
-    pub(crate) fn is_current(&self, previous_source: &proto::Certificate, source: &proto::Certificate) -> bool {
-        previous_source == source && self.files == FileStamps::of(source)
+    /// Whether the files `source` names (if any) look as they did when this
+    /// certificate was read from them: with an unchanged message, loading
+    /// again would give this certificate.
+    pub(crate) fn files_unchanged(&self, source: &proto::Certificate) -> bool {
+        self.files == FileStamps::of(source)
     }
 }
 

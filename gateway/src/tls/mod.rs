@@ -43,8 +43,8 @@ pub struct ListenerTls {
     serves_default: bool,
     /// Every host without client verification, and the default certificate.
     shared: Arc<ServerConfig>,
-    /// Index in `table` → the host's own config, for hosts with a client CA.
-    mtls: HashMap<usize, Arc<ServerConfig>>,
+    /// Host name → the host's own config, for hosts with a client CA.
+    mtls: HashMap<Arc<str>, Arc<ServerConfig>>,
     handshake_timeout: Duration,
     pub stats: Arc<TlsStats>,
 }
@@ -52,7 +52,7 @@ pub struct ListenerTls {
 impl std::fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerTls")
-            .field("hosts", &self.table.hosts().len())
+            .field("hosts", &self.table.len())
             .field("mtls_hosts", &self.mtls.len())
             .field("serves_default", &self.serves_default)
             .finish_non_exhaustive()
@@ -62,7 +62,8 @@ impl std::fmt::Debug for ListenerTls {
 impl ListenerTls {
     /// Compiles a listener's TLS: one shared server config whose resolver
     /// reads `table`, plus one config per host with a client CA. Costs do
-    /// not grow with the number of hosts without mTLS. The error is rustls'
+    /// not grow with the number of hosts without mTLS (the table keeps those
+    /// with mTLS apart). The error is rustls'
     /// refusal of the settings.
     pub fn build(
         listener: &str,
@@ -83,7 +84,7 @@ impl ListenerTls {
         )?;
         let mut mtls = HashMap::new();
         let mut kept = Vec::new();
-        for (index, host) in table.hosts().iter().enumerate() {
+        for host in table.mtls_hosts() {
             let Some(client_auth) = &host.client_auth else {
                 continue;
             };
@@ -98,7 +99,7 @@ impl ListenerTls {
                 Some(client_auth),
                 sessions(listener, Some(&scope), settings)?,
             )?;
-            mtls.insert(index, config);
+            mtls.insert(Arc::clone(&host.host), config);
             kept.push(scope);
         }
         forget_scopes(listener, &kept);
@@ -117,7 +118,7 @@ impl ListenerTls {
     /// one for unknown names and missing SNI. None: reject the handshake.
     pub fn server_config(&self, sni: Option<&str>) -> Option<Arc<ServerConfig>> {
         match sni.and_then(|name| self.table.lookup(name)) {
-            Some(index) => Some(Arc::clone(self.mtls.get(&index).unwrap_or(&self.shared))),
+            Some(host) => Some(Arc::clone(self.mtls.get(&host.host).unwrap_or(&self.shared))),
             None => self.serves_default.then(|| Arc::clone(&self.shared)),
         }
     }

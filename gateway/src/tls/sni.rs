@@ -1,10 +1,10 @@
 //! SNI → certificate: the host names of every virtual host that has a
 //! certificate, in two hash maps (exact names; wildcard suffixes), and the
-//! rustls certificate resolvers that read them. Built once per snapshot and
-//! shared by all of its TLS listeners.
+//! rustls certificate resolvers that read them. One table per snapshot,
+//! shared by all of its TLS listeners; its maps are persistent (imbl), so the
+//! next snapshot's table is a copy with only the changed hosts redone.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -32,13 +32,19 @@ pub struct SniHost {
     pub client_auth: Option<ClientAuth>,
 }
 
+/// A host in the table and the domains it was indexed under.
+type Indexed = (Arc<SniHost>, Arc<[Domain]>);
+
 /// Server names → hosts with certificates.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SniTable {
-    exact: HashMap<Box<str>, usize>,
+    exact: imbl::HashMap<Box<str>, Arc<SniHost>>,
     /// Keyed by the suffix after "*." ("example.com" for "*.example.com").
-    wildcard: HashMap<Box<str>, usize>,
-    hosts: Vec<SniHost>,
+    wildcard: imbl::HashMap<Box<str>, Arc<SniHost>>,
+    /// Every host in the table by name, with the domains it holds.
+    hosts: imbl::OrdMap<Arc<str>, Indexed>,
+    /// The hosts verifying client certificates: each needs its own server config.
+    mtls: imbl::OrdMap<Arc<str>, Arc<SniHost>>,
 }
 
 impl SniTable {
@@ -46,27 +52,79 @@ impl SniTable {
     /// and is skipped. Validation keeps domains unique across hosts; should
     /// one repeat anyway, the first host keeps it (as in the router).
     pub fn new<'a>(hosts: impl IntoIterator<Item = (SniHost, &'a [Domain])>) -> SniTable {
-        let mut table = SniTable::default();
-        for (host, domains) in hosts {
-            let index = table.hosts.len();
+        SniTable::default().with_changes(std::iter::empty(), hosts)
+    }
+
+    /// This table without the hosts named in `remove` and with `add`
+    /// (replacing a host of the same name). Costs what it changes.
+    pub fn with_changes<'a, 'b>(
+        &self,
+        remove: impl IntoIterator<Item = &'a str>,
+        add: impl IntoIterator<Item = (SniHost, &'b [Domain])>,
+    ) -> SniTable {
+        let mut table = self.clone();
+        for name in remove {
+            table.remove(name);
+        }
+        for (host, domains) in add {
+            table.remove(&host.host);
+            let host = Arc::new(host);
             for domain in domains {
                 match domain {
                     Domain::Exact(name) => {
-                        table.exact.entry(name.clone()).or_insert(index);
+                        table.exact.entry(name.clone()).or_insert_with(|| Arc::clone(&host));
                     }
                     Domain::Wildcard(suffix) => {
-                        table.wildcard.entry(suffix.clone()).or_insert(index);
+                        table
+                            .wildcard
+                            .entry(suffix.clone())
+                            .or_insert_with(|| Arc::clone(&host));
                     }
                     Domain::Any => {}
                 }
             }
-            table.hosts.push(host);
+            if host.client_auth.is_some() {
+                table.mtls.insert(Arc::clone(&host.host), Arc::clone(&host));
+            }
+            table.hosts.insert(Arc::clone(&host.host), (host, domains.into()));
         }
         table
     }
 
-    pub fn hosts(&self) -> &[SniHost] {
-        &self.hosts
+    /// Drops a host and the names it holds (not those another host holds).
+    fn remove(&mut self, name: &str) {
+        let Some((old, domains)) = self.hosts.remove(name) else {
+            return;
+        };
+        self.mtls.remove(name);
+        let held = |map: &imbl::HashMap<Box<str>, Arc<SniHost>>, key: &str| {
+            map.get(key).is_some_and(|host| Arc::ptr_eq(host, &old))
+        };
+        for domain in domains.iter() {
+            match domain {
+                Domain::Exact(name) if held(&self.exact, name) => {
+                    self.exact.remove(name);
+                }
+                Domain::Wildcard(suffix) if held(&self.wildcard, suffix) => {
+                    self.wildcard.remove(suffix);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// How many hosts have a certificate here.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The hosts with client verification, by name.
+    pub fn mtls_hosts(&self) -> impl Iterator<Item = &Arc<SniHost>> {
+        self.mtls.values()
     }
 
     /// The host serving `server_name` (any case, trailing dot ignored): the
@@ -74,15 +132,12 @@ impl SniTable {
     /// wildcards, "*.example.com" covers one label: "a.example.com", not
     /// "a.b.example.com" (which only "*.b.example.com" covers, being the
     /// longest possible wildcard for it).
-    pub fn lookup(&self, server_name: &str) -> Option<usize> {
+    pub fn lookup(&self, server_name: &str) -> Option<&Arc<SniHost>> {
         let name = normalize(server_name);
-        self.exact
-            .get(name.as_ref())
-            .or_else(|| {
-                let (_, parent) = name.split_once('.')?;
-                self.wildcard.get(parent)
-            })
-            .copied()
+        self.exact.get(name.as_ref()).or_else(|| {
+            let (_, parent) = name.split_once('.')?;
+            self.wildcard.get(parent)
+        })
     }
 }
 
@@ -109,7 +164,7 @@ impl ResolvesServerCert for SniResolver {
         client_hello
             .server_name()
             .and_then(|name| self.table.lookup(name))
-            .map(|index| Arc::clone(&self.table.hosts[index].key))
+            .map(|host| Arc::clone(&host.key))
             .or_else(|| self.default.clone())
     }
 }
