@@ -2,8 +2,10 @@
 //! of N TLS hosts (each with its own ECDSA P-256 certificate, route and
 //! cluster with a literal IP endpoint, so no DNS) through the real
 //! `Snapshot` code and times the initial load, changes of 1 and 100 hosts
-//! (route and certificate), and reads VmRSS with every certificate loaded.
-//! Prints one JSON object on stdout.
+//! (route and certificate) applied as a `ChangeSet` (what the admin API
+//! calls) and as a file reload (`Snapshot::build` with the previous
+//! snapshot: a diff of the whole parsed file, then the same apply), and
+//! reads VmRSS with every certificate loaded. Prints one JSON object.
 //!
 //! Usage: `config_bench --hosts N --cache DIR [--rounds R]`. Generated PEMs
 //! are cached in DIR, so reruns skip key generation.
@@ -13,7 +15,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use tollgate::config::proto;
-use tollgate::config::Snapshot;
+use tollgate::config::{ChangeSet, Snapshot};
 
 /// Hosts changed by the larger change.
 const HUNDRED: usize = 100;
@@ -139,15 +141,22 @@ fn config(pems: &[(String, String)]) -> proto::Config {
     }
 }
 
-/// The config with `changed` hosts given a new route prefix and a new
-/// certificate (same name, other PEM), as a file edit would make it.
-fn changed(base: &proto::Config, changed: &[usize], round: usize, spare: &[(String, String)]) -> proto::Config {
-    let mut config = base.clone();
-    for (position, &index) in changed.iter().enumerate() {
-        config.hosts[index] = host(index, &format!("/v{round}/"), &format!("cert{index}"));
-        config.certificates[index] = certificate(format!("cert{index}"), &spare[(round + position) % spare.len()]);
-    }
-    config
+/// The changed resources: `changed` hosts get a new route prefix and a new
+/// certificate (same name, other PEM).
+fn changed(
+    changed: &[usize],
+    round: usize,
+    spare: &[(String, String)],
+) -> (Vec<proto::VirtualHost>, Vec<proto::Certificate>) {
+    changed
+        .iter()
+        .enumerate()
+        .map(|(position, &index)| {
+            let name = format!("cert{index}");
+            let certificate = certificate(name.clone(), &spare[(round + position) % spare.len()]);
+            (host(index, &format!("/v{round}/"), &name), certificate)
+        })
+        .unzip()
 }
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -172,16 +181,53 @@ fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
+/// How a change reaches the snapshot.
+#[derive(Clone, Copy)]
+enum Via {
+    /// `Snapshot::apply` with a change set of the changed resources.
+    ChangeSet,
+    /// `Snapshot::build` of the whole edited config with the previous snapshot.
+    Reload,
+}
+
 /// Times `rounds` changes of `size` hosts, each applied to `base` (spread
-/// over the config so no two rounds touch the same hosts).
-fn reload_ms(base: &Snapshot, config: &proto::Config, size: usize, rounds: usize, spare: &[(String, String)]) -> f64 {
+/// over the config so no two rounds touch the same hosts); the median.
+/// Building the input (change set or edited config) is not timed.
+fn change_ms(
+    base: &Snapshot,
+    config: &proto::Config,
+    size: usize,
+    rounds: usize,
+    spare: &[(String, String)],
+    via: Via,
+) -> f64 {
     let count = config.hosts.len();
     let samples = (0..rounds)
         .map(|round| {
             let hosts: Vec<usize> = (0..size).map(|k| (round * 7919 + k * (count / size)) % count).collect();
-            let next = changed(config, &hosts, round + 1, spare);
-            let start = Instant::now();
-            let snapshot = Snapshot::build(next, Some(base)).unwrap_or_else(|errors| panic!("{errors}"));
+            let (upsert_hosts, upsert_certificates) = changed(&hosts, round + 1, spare);
+            let (start, snapshot) = match via {
+                Via::ChangeSet => {
+                    let changes = ChangeSet {
+                        upsert_hosts,
+                        upsert_certificates,
+                        ..Default::default()
+                    };
+                    let start = Instant::now();
+                    (start, base.apply(changes))
+                }
+                Via::Reload => {
+                    // The file as edited: the whole config, these resources replaced.
+                    let mut next = config.clone();
+                    for ((&index, host), certificate) in hosts.iter().zip(upsert_hosts).zip(upsert_certificates) {
+                        next.hosts[index] = host;
+                        next.certificates[index] = certificate;
+                    }
+                    let start = Instant::now();
+                    (start, Snapshot::build(next, Some(base)))
+                }
+            };
+            let snapshot = snapshot.unwrap_or_else(|errors| panic!("{errors}"));
             let elapsed = ms(start);
             drop(snapshot);
             elapsed
@@ -205,16 +251,21 @@ fn main() -> Result<()> {
     let initial_load_ms = ms(start);
     let rss_loaded_mb = rss_mb()?;
 
-    let reload_one_ms = reload_ms(&base, &config, 1, args.rounds, &spare);
-    let reload_hundred_ms = reload_ms(&base, &config, HUNDRED.min(args.hosts), args.rounds, &spare);
+    let hundred = HUNDRED.min(args.hosts);
+    let apply_one_ms = change_ms(&base, &config, 1, args.rounds, &spare, Via::ChangeSet);
+    let apply_hundred_ms = change_ms(&base, &config, hundred, args.rounds, &spare, Via::ChangeSet);
+    let reload_one_ms = change_ms(&base, &config, 1, args.rounds, &spare, Via::Reload);
+    let reload_hundred_ms = change_ms(&base, &config, hundred, args.rounds, &spare, Via::Reload);
 
     let report = serde_json::json!({
         "hosts": args.hosts,
         "rounds": args.rounds,
         "generate_ms": generate_ms,
         "initial_load_ms": initial_load_ms,
-        "apply_one_ms": reload_one_ms,
-        "apply_hundred_ms": reload_hundred_ms,
+        "apply_one_ms": apply_one_ms,
+        "apply_hundred_ms": apply_hundred_ms,
+        "reload_one_ms": reload_one_ms,
+        "reload_hundred_ms": reload_hundred_ms,
         "rss_mb": rss_loaded_mb,
         "rss_before_load_mb": rss_before_mb,
     });
