@@ -32,36 +32,52 @@ impl Router {
     /// Indexes the hosts' domains. Validation guarantees each domain appears
     /// once; should one repeat anyway, the first host keeps it.
     pub fn new(hosts: Vec<Arc<VirtualHost>>) -> Router {
-        Router::default().with_changes(std::iter::empty(), hosts)
+        Router::default().with_changes([], hosts)
     }
 
     /// This router without the hosts named in `remove` and with `add`
-    /// (replacing any host of the same name). Costs what it changes.
-    pub fn with_changes<'a>(
-        &self,
-        remove: impl IntoIterator<Item = &'a str>,
-        add: impl IntoIterator<Item = Arc<VirtualHost>>,
-    ) -> Router {
+    /// (replacing any host of the same name). Costs what it changes: a
+    /// replaced host's unchanged domains are overwritten in place, only the
+    /// domains it gave up are removed.
+    pub fn with_changes<'a>(&self, remove: impl IntoIterator<Item = &'a str>, add: Vec<Arc<VirtualHost>>) -> Router {
         let mut router = self.clone();
         for name in remove {
-            router.remove(name);
+            if let Some(old) = router.hosts.remove(name) {
+                router.release(&old, |_| true);
+            }
         }
-        for host in add {
-            router.remove(&host.name);
+        // Every replaced host gives up its dropped domains before any host
+        // claims, so a domain can move between hosts in one change.
+        let replaced: Vec<Option<Arc<VirtualHost>>> = add
+            .iter()
+            .map(|host| {
+                let old = router.hosts.get(&host.name).cloned()?;
+                router.release(&old, |domain| !host.domains.contains(domain));
+                Some(old)
+            })
+            .collect();
+        for (host, old) in add.into_iter().zip(replaced) {
+            // Free, or held by this host's previous version.
+            let claimable = |holder: &Arc<VirtualHost>| old.as_ref().is_some_and(|old| Arc::ptr_eq(holder, old));
             for domain in &host.domains {
-                match domain {
-                    Domain::Exact(name) => {
-                        router.exact.entry(name.clone()).or_insert_with(|| Arc::clone(&host));
-                    }
-                    Domain::Wildcard(suffix) => {
-                        router
-                            .wildcard
-                            .entry(suffix.clone())
-                            .or_insert_with(|| Arc::clone(&host));
-                    }
+                let slot = match domain {
+                    Domain::Exact(name) => router.exact.entry(name.clone()),
+                    Domain::Wildcard(suffix) => router.wildcard.entry(suffix.clone()),
                     Domain::Any => {
-                        router.default.get_or_insert_with(|| Arc::clone(&host));
+                        if router.default.as_ref().is_none_or(claimable) {
+                            router.default = Some(Arc::clone(&host));
+                        }
+                        continue;
                     }
+                };
+                match slot {
+                    imbl::hashmap::Entry::Vacant(slot) => {
+                        slot.insert(Arc::clone(&host));
+                    }
+                    imbl::hashmap::Entry::Occupied(mut slot) if claimable(slot.get()) => {
+                        slot.insert(Arc::clone(&host));
+                    }
+                    imbl::hashmap::Entry::Occupied(_) => {}
                 }
             }
             router.hosts.insert(Arc::clone(&host.name), host);
@@ -69,15 +85,12 @@ impl Router {
         router
     }
 
-    /// Drops a host and the domains it holds (not those another host holds).
-    fn remove(&mut self, name: &str) {
-        let Some(old) = self.hosts.remove(name) else {
-            return;
-        };
+    /// Drops the domains of `old` that `drop` selects, where `old` holds them.
+    fn release(&mut self, old: &Arc<VirtualHost>, drop: impl Fn(&Domain) -> bool) {
         let held = |map: &imbl::HashMap<Box<str>, Arc<VirtualHost>>, key: &str| {
-            map.get(key).is_some_and(|host| Arc::ptr_eq(host, &old))
+            map.get(key).is_some_and(|host| Arc::ptr_eq(host, old))
         };
-        for domain in &old.domains {
+        for domain in old.domains.iter().filter(|domain| drop(domain)) {
             match domain {
                 Domain::Exact(name) if held(&self.exact, name) => {
                     self.exact.remove(name);
@@ -85,7 +98,7 @@ impl Router {
                 Domain::Wildcard(suffix) if held(&self.wildcard, suffix) => {
                     self.wildcard.remove(suffix);
                 }
-                Domain::Any if self.default.as_ref().is_some_and(|host| Arc::ptr_eq(host, &old)) => {
+                Domain::Any if self.default.as_ref().is_some_and(|host| Arc::ptr_eq(host, old)) => {
                     self.default = None;
                 }
                 _ => {}

@@ -204,11 +204,13 @@ impl Snapshot {
         // Hosts: deleted and upserted ones update the reverse references.
         let mut references = self.references.clone();
         let mut touched: BTreeSet<Arc<str>> = BTreeSet::new();
+        let mut deleted_hosts: Vec<Arc<str>> = Vec::new();
         for name in &changes.delete_hosts {
             match source.hosts.remove(name) {
                 Some(old) => {
                     references.remove(name, &old.message);
                     touched.insert(name.as_str().into());
+                    deleted_hosts.push(name.as_str().into());
                 }
                 None => errors.add(path("hosts", name), "no such host to delete"),
             }
@@ -228,10 +230,10 @@ impl Snapshot {
             if source.hosts.hash(&name) == Some(hash) {
                 continue;
             }
-            if let Some(old) = source.hosts.get(&name) {
-                references.remove(&name, &old.message);
+            match source.hosts.get(&name) {
+                Some(old) => references.replace(&name, &old.message, &host),
+                None => references.add(&name, &host),
             }
-            references.add(&name, &host);
             let host = Arc::new(host);
             source.hosts.insert(Arc::clone(&name), hash, Arc::clone(&host));
             touched.insert(Arc::clone(&name));
@@ -271,11 +273,9 @@ impl Snapshot {
         }
         new_key.retain(|name| !touched.contains(name) && !recompile.contains(name));
 
-        // Check the hosts to compile, their domains against the router
-        // without them (so hosts may trade domains within one change set).
-        let staged = self
-            .router
-            .with_changes(touched.iter().chain(&recompile).map(|name| &**name), []);
+        // Check the hosts to compile. A domain is free when no host holds
+        // it or its holder is itself changed or deleted (so hosts may trade
+        // domains within one change set); two claims on it conflict.
         let mut claimed: HashMap<Domain, Arc<str>> = HashMap::new();
         let has_cluster = |name: &str| clusters.contains_key(name);
         let has_certificate = |name: &str| source.certificates.contains(name);
@@ -294,7 +294,11 @@ impl Snapshot {
         let mut plans = Vec::new();
         for (name, host) in to_compile {
             let mut claim = |domain: &Domain, _: usize| {
-                if let Some(owner) = staged.owner(domain) {
+                if let Some(owner) = self
+                    .router
+                    .owner(domain)
+                    .filter(|owner| !touched.contains(&owner.name) && !recompile.contains(&owner.name))
+                {
                     return Err(format!(
                         "domain \"{domain}\" is already used by host \"{}\"",
                         owner.name
@@ -348,10 +352,23 @@ impl Snapshot {
             }
             compiled.push(host);
         }
-        let router = staged.with_changes([], compiled);
+        let router = self
+            .router
+            .with_changes(deleted_hosts.iter().map(|name| &**name), compiled);
         let sni_changed = !touched.is_empty() || !recompile.is_empty() || !rekeyed.is_empty();
         let sni = if sni_changed {
-            let removed = touched.iter().chain(&recompile).chain(&new_key).map(|name| &**name);
+            // Hosts that no longer have a certificate (or no longer exist).
+            let kept: HashSet<&str> = with_tls
+                .iter()
+                .map(|(host, _)| &*host.name)
+                .chain(rekeyed.iter().map(|(name, _)| &**name))
+                .collect();
+            let removed = touched
+                .iter()
+                .chain(&recompile)
+                .chain(&new_key)
+                .map(|name| &**name)
+                .filter(|name| !kept.contains(name));
             let added = with_tls
                 .iter()
                 .map(|(host, tls)| (sni_host(host, tls), host.domains.as_slice()))

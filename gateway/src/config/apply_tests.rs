@@ -367,6 +367,13 @@ fn dangling_references_and_taken_domains_are_errors_naming_the_host() {
     );
     assert_eq!(routed(&moved, "b.test", "/"), "a/r@ca");
     assert_eq!(routed(&moved, "a.test", "/"), "z/r@ca");
+    assert_eq!(
+        sni(&moved, "b.test"),
+        Some(("a".into(), leaf_der(0))),
+        "a's certificate moved with it"
+    );
+    assert_eq!(sni(&moved, "a.test"), None, "z has no certificate");
+    assert_eq!(sni(&moved, "x.b.test"), None);
 }
 
 #[test]

@@ -277,6 +277,17 @@ impl References {
         }
     }
 
+    /// `host` changed from `old` to `new`: only references that differ move.
+    pub fn replace(&mut self, host: &Arc<str>, old: &proto::VirtualHost, new: &proto::VirtualHost) {
+        let same = clusters_of(old).eq(clusters_of(new))
+            && certificate_of(old) == certificate_of(new)
+            && uses_status_page(old) == uses_status_page(new);
+        if !same {
+            self.remove(host, old);
+            self.add(host, new);
+        }
+    }
+
     pub fn remove(&mut self, host: &str, source: &proto::VirtualHost) {
         for cluster in clusters_of(source) {
             remove_user(&mut self.clusters, cluster, host);

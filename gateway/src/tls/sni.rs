@@ -42,7 +42,7 @@ pub struct SniTable {
     /// Keyed by the suffix after "*." ("example.com" for "*.example.com").
     wildcard: imbl::HashMap<Box<str>, Arc<SniHost>>,
     /// Every host in the table by name, with the domains it holds.
-    hosts: imbl::OrdMap<Arc<str>, Indexed>,
+    hosts: imbl::HashMap<Arc<str>, Indexed>,
     /// The hosts verifying client certificates: each needs its own server config.
     mtls: imbl::OrdMap<Arc<str>, Arc<SniHost>>,
 }
@@ -52,11 +52,12 @@ impl SniTable {
     /// and is skipped. Validation keeps domains unique across hosts; should
     /// one repeat anyway, the first host keeps it (as in the router).
     pub fn new<'a>(hosts: impl IntoIterator<Item = (SniHost, &'a [Domain])>) -> SniTable {
-        SniTable::default().with_changes(std::iter::empty(), hosts)
+        SniTable::default().with_changes([], hosts)
     }
 
     /// This table without the hosts named in `remove` and with `add`
-    /// (replacing a host of the same name). Costs what it changes.
+    /// (replacing a host of the same name). Costs what it changes: a
+    /// replaced host's unchanged names are overwritten in place.
     pub fn with_changes<'a, 'b>(
         &self,
         remove: impl IntoIterator<Item = &'a str>,
@@ -64,43 +65,57 @@ impl SniTable {
     ) -> SniTable {
         let mut table = self.clone();
         for name in remove {
-            table.remove(name);
+            if let Some((old, domains)) = table.hosts.remove(name) {
+                table.mtls.remove(name);
+                table.release(&old, &domains, |_| true);
+            }
         }
-        for (host, domains) in add {
-            table.remove(&host.host);
-            let host = Arc::new(host);
+        // Every replaced host gives up its dropped names before any host
+        // claims, so a name can move between hosts in one change.
+        let add: Vec<_> = add
+            .into_iter()
+            .map(|(host, domains)| {
+                let old = table.hosts.get(&host.host).cloned().map(|(old, old_domains)| {
+                    table.release(&old, &old_domains, |domain| !domains.contains(domain));
+                    old
+                });
+                (Arc::new(host), domains, old)
+            })
+            .collect();
+        for (host, domains, old) in add {
+            let claimable = |holder: &Arc<SniHost>| old.as_ref().is_some_and(|old| Arc::ptr_eq(holder, old));
             for domain in domains {
-                match domain {
-                    Domain::Exact(name) => {
-                        table.exact.entry(name.clone()).or_insert_with(|| Arc::clone(&host));
+                let slot = match domain {
+                    Domain::Exact(name) => table.exact.entry(name.clone()),
+                    Domain::Wildcard(suffix) => table.wildcard.entry(suffix.clone()),
+                    Domain::Any => continue,
+                };
+                match slot {
+                    imbl::hashmap::Entry::Vacant(slot) => {
+                        slot.insert(Arc::clone(&host));
                     }
-                    Domain::Wildcard(suffix) => {
-                        table
-                            .wildcard
-                            .entry(suffix.clone())
-                            .or_insert_with(|| Arc::clone(&host));
+                    imbl::hashmap::Entry::Occupied(mut slot) if claimable(slot.get()) => {
+                        slot.insert(Arc::clone(&host));
                     }
-                    Domain::Any => {}
+                    imbl::hashmap::Entry::Occupied(_) => {}
                 }
             }
             if host.client_auth.is_some() {
                 table.mtls.insert(Arc::clone(&host.host), Arc::clone(&host));
+            } else if old.is_some_and(|old| old.client_auth.is_some()) {
+                table.mtls.remove(&host.host);
             }
             table.hosts.insert(Arc::clone(&host.host), (host, domains.into()));
         }
         table
     }
 
-    /// Drops a host and the names it holds (not those another host holds).
-    fn remove(&mut self, name: &str) {
-        let Some((old, domains)) = self.hosts.remove(name) else {
-            return;
-        };
-        self.mtls.remove(name);
+    /// Drops the names of `old` that `drop` selects, where `old` holds them.
+    fn release(&mut self, old: &Arc<SniHost>, domains: &[Domain], drop: impl Fn(&Domain) -> bool) {
         let held = |map: &imbl::HashMap<Box<str>, Arc<SniHost>>, key: &str| {
-            map.get(key).is_some_and(|host| Arc::ptr_eq(host, &old))
+            map.get(key).is_some_and(|host| Arc::ptr_eq(host, old))
         };
-        for domain in domains.iter() {
+        for domain in domains.iter().filter(|domain| drop(domain)) {
             match domain {
                 Domain::Exact(name) if held(&self.exact, name) => {
                     self.exact.remove(name);
