@@ -236,6 +236,33 @@ fn change_ms(
     median(samples)
 }
 
+/// Nanoseconds per `Router::host` lookup of existing names (the request
+/// path's cost of the persistent maps), and per lookup of the same names in
+/// a std `HashMap` for reference.
+fn lookup_ns(base: &Snapshot, count: usize) -> (f64, f64) {
+    const LOOKUPS: usize = 1_000_000;
+    // A fixed stride through the hosts, so lookups miss the CPU caches as
+    // they would with real traffic spread over many hosts.
+    let names: Vec<String> = (0..4096)
+        .map(|k| format!("h{}.bench.test", (k * 7919) % count))
+        .collect();
+    let std_map: std::collections::HashMap<String, usize> =
+        (0..count).map(|i| (format!("h{i}.bench.test"), i)).collect();
+    let start = Instant::now();
+    let mut found = 0usize;
+    for k in 0..LOOKUPS {
+        found += usize::from(base.router.host(&names[k % names.len()]).is_some());
+    }
+    let router_ns = start.elapsed().as_secs_f64() * 1e9 / LOOKUPS as f64;
+    let start = Instant::now();
+    for k in 0..LOOKUPS {
+        found += usize::from(std_map.contains_key(names[k % names.len()].as_str()));
+    }
+    let std_ns = start.elapsed().as_secs_f64() * 1e9 / LOOKUPS as f64;
+    assert_eq!(found, 2 * LOOKUPS, "every name is a host");
+    (router_ns, std_ns)
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let start = Instant::now();
@@ -257,7 +284,10 @@ fn main() -> Result<()> {
     let reload_one_ms = change_ms(&base, &config, 1, args.rounds, &spare, Via::Reload);
     let reload_hundred_ms = change_ms(&base, &config, hundred, args.rounds, &spare, Via::Reload);
 
+    let (host_lookup_ns, std_lookup_ns) = lookup_ns(&base, args.hosts);
     let report = serde_json::json!({
+        "host_lookup_ns": host_lookup_ns,
+        "std_hashmap_lookup_ns": std_lookup_ns,
         "hosts": args.hosts,
         "rounds": args.rounds,
         "generate_ms": generate_ms,

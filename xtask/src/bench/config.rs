@@ -79,6 +79,8 @@ pub fn run(quick: bool) -> Result<()> {
             "reload_one_ms",
             "reload_hundred_ms",
             "rss_mb",
+            "host_lookup_ns",
+            "std_hashmap_lookup_ns",
         ] {
             if run.numbers.contains_key(key) {
                 report.number(&format!("{key}_{suffix}"), run.get(key));
@@ -112,6 +114,8 @@ fn table(runs: &[Run]) -> String {
         ("reload_one_ms", "reload 1 ms"),
         ("reload_hundred_ms", "reload 100 ms"),
         ("rss_mb", "RSS MB"),
+        ("host_lookup_ns", "lookup ns"),
+        ("std_hashmap_lookup_ns", "std map ns"),
     ];
     let mut out = format!("{:>8}", "hosts");
     for (_, title) in columns {
