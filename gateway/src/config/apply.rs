@@ -380,7 +380,9 @@ impl Snapshot {
         } else {
             Arc::clone(&self.sni)
         };
-        let listener_tls = if sni_changed || settings_touched || !deleted_certificates.is_empty() {
+        // A listener's default certificate may have changed with no host using it.
+        let certificates_changed = !changed_certificates.is_empty() || !deleted_certificates.is_empty();
+        let listener_tls = if sni_changed || settings_touched || certificates_changed {
             build_listener_tls(&listener_plans, &certificates, &sni)?
         } else {
             self.listener_tls.clone()

@@ -249,15 +249,27 @@ fn certificates_are_upserted_and_deleted() {
         "a certificate change does not recompile the host's routes"
     );
     assert!(second.listener_tls["https"].server_config(Some("b.test")).is_some());
+    // A certificate no host uses may be a listener's default.
     let third = apply(
         &second,
+        ChangeSet {
+            upsert_certificates: vec![certificate("kx", 4)],
+            ..Default::default()
+        },
+    );
+    assert!(!Arc::ptr_eq(
+        &second.listener_tls["https"],
+        &third.listener_tls["https"]
+    ));
+    let fourth = apply(
+        &third,
         ChangeSet {
             delete_certificates: vec!["kx".into()],
             ..Default::default()
         },
     );
-    assert!(third.certificates.get("kx").is_none());
-    assert!(third.source.certificates.get("kx").is_none());
+    assert!(fourth.certificates.get("kx").is_none());
+    assert!(fourth.source.certificates.get("kx").is_none());
 }
 
 #[test]
