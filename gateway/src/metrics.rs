@@ -10,7 +10,7 @@
 //! Certificate expiry is not a counter: it is computed at scrape time from
 //! the running snapshot's loaded certificates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -328,13 +328,13 @@ impl Stats {
     fn encode(
         &self,
         generation: u64,
-        clusters: &HashMap<String, Arc<Cluster>>,
+        clusters: impl Iterator<Item = Arc<Cluster>>,
         certificates: Vec<CertificateExpiry>,
     ) -> String {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let cluster_stats = self.clusters.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let mut clusters: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
+        let mut clusters: Vec<Arc<Cluster>> = clusters.collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exposition {
@@ -378,7 +378,7 @@ pub fn worker_stats(worker: usize) -> &'static WorkerStats {
 pub fn encode(snapshot: &Snapshot) -> String {
     global().encode(
         snapshot.generation,
-        &snapshot.clusters,
+        snapshot.clusters.iter().map(|(_, cluster)| Arc::clone(cluster)),
         certificate_expiry(snapshot, SystemTime::now()),
     )
 }
@@ -831,9 +831,9 @@ mod tests {
         };
         let upstream = Arc::new(Cluster::build("users-backend", settings(), vec![spec]).unwrap());
         upstream.endpoints().endpoints[0].set_active_healthy(false);
-        let clusters = HashMap::from([("users-backend".to_owned(), upstream)]);
+        let clusters = [upstream];
 
-        let text = stats.encode(7, &clusters, Vec::new());
+        let text = stats.encode(7, clusters.into_iter(), Vec::new());
         let lines = lines(&text);
         let info = format!("tollgate_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         let expected = [
@@ -892,7 +892,7 @@ mod tests {
         tls.record_handshake(1, "TLSv1.2", "ok", Duration::from_micros(400));
         tls.record_handshake(0, "none", "rejected", Duration::from_micros(100));
         tls.record_handshake(1, "none", "timeout", Duration::from_secs(10));
-        let text = stats.encode(1, &HashMap::new(), Vec::new());
+        let text = stats.encode(1, std::iter::empty(), Vec::new());
         let lines = lines(&text);
         let expected = [
             "tollgate_tls_handshakes_total{listener=\"https\",version=\"TLSv1.3\",result=\"ok\"} 2",
@@ -917,7 +917,7 @@ mod tests {
     fn escapes_label_values() {
         let stats = Stats::new(1);
         stats.route_stats("quote\"host", "back\\slash").record(0, 301, 0, 0);
-        let text = stats.encode(0, &HashMap::new(), Vec::new());
+        let text = stats.encode(0, std::iter::empty(), Vec::new());
         let line = "tollgate_requests_total{host=\"quote\\\"host\",route=\"back\\\\slash\",class=\"3xx\"} 1";
         assert!(lines(&text).contains(&line), "missing {line:?} in:\n{text}");
     }

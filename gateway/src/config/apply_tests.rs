@@ -224,7 +224,7 @@ fn clusters_are_upserted_and_deleted_and_their_hosts_follow() {
         third.router.named("a").unwrap()
     ));
     // The std map view (for callers taking a HashMap) agrees.
-    assert_eq!(third.clusters.std_view().len(), 2);
+    assert_eq!(third.clusters.len(), 2);
 }
 
 #[test]

@@ -6,8 +6,7 @@
 //! which hosts depend on a cluster, a certificate or the status page, so a
 //! change finds its dependents without walking all hosts.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::proto;
 use super::validate::{host_name, uses_status_page};
@@ -156,22 +155,17 @@ impl SourceConfig {
     }
 }
 
-/// The live clusters by name. Read like a `HashMap` (`get`, `len`, `iter`,
-/// `&clusters` in a `for`, `clusters["name"]`); the std `HashMap` it derefs
-/// to is built on first use only, for callers that take one (the metrics
-/// exposition), and never while a change is applied.
+/// The live clusters by name, in a persistent map so a change copies only
+/// what it touches. Read like a `HashMap` (`get`, `len`, `iter`, `&clusters`
+/// in a `for`, `clusters["name"]`).
 #[derive(Default)]
 pub struct Clusters {
     map: imbl::HashMap<String, Arc<Cluster>>,
-    std: OnceLock<HashMap<String, Arc<Cluster>>>,
 }
 
 impl Clusters {
     pub(super) fn new(map: imbl::HashMap<String, Arc<Cluster>>) -> Clusters {
-        Clusters {
-            map,
-            std: OnceLock::new(),
-        }
+        Clusters { map }
     }
 
     /// The persistent map itself: cloning it is O(1).
@@ -197,26 +191,6 @@ impl Clusters {
 
     pub fn iter(&self) -> imbl::hashmap::Iter<'_, String, Arc<Cluster>, imbl::shared_ptr::DefaultSharedPtr> {
         self.map.iter()
-    }
-}
-
-impl Clusters {
-    /// The clusters as a std `HashMap`, built on first use.
-    pub fn std_view(&self) -> &HashMap<String, Arc<Cluster>> {
-        self.std.get_or_init(|| {
-            self.map
-                .iter()
-                .map(|(name, cluster)| (name.clone(), Arc::clone(cluster)))
-                .collect()
-        })
-    }
-}
-
-impl std::ops::Deref for Clusters {
-    type Target = HashMap<String, Arc<Cluster>>;
-
-    fn deref(&self) -> &Self::Target {
-        self.std_view()
     }
 }
 
