@@ -20,6 +20,8 @@ pub struct Cluster {
     /// Held here so the request path never looks stats up by name.
     pub stats: Arc<crate::metrics::ClusterStats>,
     endpoints: ArcSwap<EndpointSet>,
+    /// Whether any endpoint is a name; fixed at build, read every DNS tick.
+    uses_dns: bool,
 }
 
 /// The endpoints of a cluster at one moment, with the hash ring built over them.
@@ -137,7 +139,9 @@ impl Cluster {
     pub fn build(name: &str, settings: ClusterSettings, specs: Vec<EndpointSpec>) -> Result<Cluster, String> {
         let resolved = resolve_all(&specs)?;
         let set = EndpointSet::new(resolved, settings.lb_policy);
+        let uses_dns = specs.iter().any(|spec| spec.address.parse::<SocketAddr>().is_err());
         Ok(Cluster {
+            uses_dns,
             name: name.into(),
             stats: crate::metrics::cluster_stats(name),
             settings,
@@ -152,9 +156,7 @@ impl Cluster {
 
     /// Whether any endpoint is given by name (and so needs periodic resolution).
     pub fn uses_dns(&self) -> bool {
-        self.specs
-            .iter()
-            .any(|spec| spec.address.parse::<SocketAddr>().is_err())
+        self.uses_dns
     }
 
     /// Resolves the names again and swaps the endpoint set when the answer
