@@ -61,6 +61,9 @@ pub struct TlsStream {
     incoming: Vec<u8>,
     /// Records waiting to be written.
     outgoing: Vec<u8>,
+    /// Where rustls copies plaintext out; zeroed once per connection, not
+    /// once per read.
+    plaintext: Box<[u8]>,
 }
 
 /// Completes a server handshake on `tcp` within the listener's handshake
@@ -106,6 +109,7 @@ pub async fn accept(tcp: TcpStream, tls: &ListenerTls) -> Result<TlsStream, Hand
         conn,
         incoming,
         outgoing,
+        plaintext: vec![0; PLAINTEXT_CHUNK].into_boxed_slice(),
     };
     while stream.conn.is_handshaking() {
         stream.flush(remaining(deadline)).await.map_err(HandshakeError::Io)?;
@@ -186,11 +190,10 @@ impl TlsStream {
     pub async fn read_more(&mut self, buf: &mut Vec<u8>, timeout: Duration) -> io::Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
-            let mut chunk = [0u8; PLAINTEXT_CHUNK];
-            match self.conn.reader().read(&mut chunk) {
+            match self.conn.reader().read(&mut self.plaintext) {
                 Ok(0) => return Ok(0),
                 Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
+                    buf.extend_from_slice(&self.plaintext[..n]);
                     return Ok(n);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
