@@ -375,6 +375,25 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `tollgate check` on `yaml`: (exit code, stdout + stderr).
+pub fn check(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).expect("writing the config");
+    let out = Command::new(tollgate_bin())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("running tollgate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tollgate_e2e::gateway::tollgate_bin;
+use tollgate_e2e::gateway::{check, tollgate_bin};
 use tollgate_e2e::{Gateway, GatewayOptions};
 
 const BAD: &str = r#"
@@ -18,24 +18,6 @@ hosts:
 clusters:
   - {name: c, endpoints: ["127.0.0.1:1"], lb_policy: fastest}
 "#;
-
-fn check(yaml: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(tollgate_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
 
 #[test]
 fn version() {

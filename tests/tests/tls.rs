@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tollgate_e2e::client::{get, request, Response};
-use tollgate_e2e::gateway::tollgate_bin;
+use tollgate_e2e::gateway::check;
 use tollgate_e2e::tls::{
     yaml_str, Ca, HandshakeKind, KeyKind, Leaf, LeafSpec, ProtocolVersion, SessionStore, TlsClient, Versions,
 };
@@ -508,25 +508,6 @@ fn reload_swapping_one_certificate_keeps_other_hosts_connections_and_sessions() 
         "a session to the unchanged host must still resume after the reload"
     );
     assert_eq!(h.peer_der, pki.wild.der);
-}
-
-/// `tollgate check` on `yaml`: (exit code, stdout + stderr).
-fn check(yaml: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(tollgate_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 fn check_config(certificates: &[String], host_cert: &str) -> String {
