@@ -35,10 +35,13 @@ fn every_rust_file_opens_with_a_module_header() {
         "xtask/src",
         "tests/src",
         "tests/tests",
+        "wamr-sys/src",
+        "wamr-sys/tests",
     ] {
         rust_files(&root.join(dir), &mut files);
     }
     files.push(root.join("gateway/build.rs"));
+    files.push(root.join("wamr-sys/build.rs"));
     assert!(
         files.len() > 20,
         "found only {} files: wrong root {}?",

@@ -18,6 +18,9 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",   // taskset (bench pinning, worker-sizing tests)
     "iproute2",     // ip netns (e2e)
     "g++",          // libfuzzer-sys compiles libFuzzer (C++)
+    "cmake",        // wamr-sys builds the WAMR runtime with CMake
+    "clang",        // wamr-sys: the C toolchain the WAMR recipe was verified with
+    "libclang-dev", // bindgen (wamr-sys) loads libclang
 ];
 
 /// Extra rustup toolchains, installed with the minimal profile.
