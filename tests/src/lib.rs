@@ -29,6 +29,23 @@ pub fn eps(ups: &[&Upstream]) -> String {
     format!("[{}]", list.join(", "))
 }
 
+/// The smallest proxy config: one listener (`http`), every host and path to
+/// one cluster `backend` of `ups`; `cluster_extra` is spliced into the
+/// cluster's flow mapping (e.g. `", lb_policy: least_request"`).
+pub fn one_cluster_config(ups: &[&Upstream], cluster_extra: &str) -> String {
+    r#"
+runtime: {workers: 1}
+access_log: {path: "off"}
+listeners: [{name: http, address: "127.0.0.1:${http}"}]
+hosts:
+  - {name: all, domains: ["*"], routes: [{name: all, proxy: {cluster: backend}}]}
+clusters:
+  - {name: backend, endpoints: UPS EXTRA}
+"#
+    .replace("UPS", &eps(ups))
+    .replace("EXTRA", cluster_extra)
+}
+
 /// Connects to `addr` from the loopback source address `src` (any 127.x.y.z
 /// works on Linux), so tests can act as many client IPs.
 pub fn connect_from(src: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {

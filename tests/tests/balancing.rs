@@ -7,21 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::client::{request, Conn};
-use tollgate_e2e::{connect_from, eps, Behaviour, Gateway, Upstream};
-
-fn config(ups: &[&Upstream], cluster_extra: &str) -> String {
-    r#"
-runtime: {workers: 1}
-access_log: {path: "off"}
-listeners: [{name: http, address: "127.0.0.1:${http}"}]
-hosts:
-  - {name: all, domains: ["*"], routes: [{name: all, proxy: {cluster: backend}}]}
-clusters:
-  - {name: backend, endpoints: UPS EXTRA}
-"#
-    .replace("UPS", &eps(ups))
-    .replace("EXTRA", cluster_extra)
-}
+use tollgate_e2e::{connect_from, eps, one_cluster_config, Behaviour, Gateway, Upstream};
 
 fn upstream_of(r: &tollgate_e2e::Response) -> String {
     assert_eq!(r.status, 200, "{}", r.body_str());
@@ -32,7 +18,7 @@ fn upstream_of(r: &tollgate_e2e::Response) -> String {
 fn round_robin_spreads_evenly() {
     let ups: Vec<Upstream> = (0..3).map(|_| Upstream::start(Behaviour::Echo)).collect();
     let refs: Vec<&Upstream> = ups.iter().collect();
-    let gw = Gateway::start(&config(&refs, ", lb_policy: round_robin"));
+    let gw = Gateway::start(&one_cluster_config(&refs, ", lb_policy: round_robin"));
     let mut c = Conn::connect(gw.addr("http")).unwrap();
     for _ in 0..30 {
         let r = c.exchange(&request("GET", "rr.test", "/", &[], None)).unwrap();
@@ -46,7 +32,7 @@ fn round_robin_spreads_evenly() {
 fn least_request_prefers_the_idle_endpoint() {
     let slow = Upstream::start(Behaviour::Delay(Duration::from_millis(500)));
     let fast = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&config(&[&slow, &fast], ", lb_policy: least_request"));
+    let gw = Gateway::start(&one_cluster_config(&[&slow, &fast], ", lb_policy: least_request"));
     let addr = gw.addr("http");
     // Four clients in closed loops for 1.5 s. Round robin would send each
     // client to the slow endpoint every other request (slow ≈ fast); least
@@ -78,7 +64,10 @@ fn least_request_prefers_the_idle_endpoint() {
 fn consistent_hash_by_header_sticks() {
     let ups: Vec<Upstream> = (0..3).map(|_| Upstream::start(Behaviour::Echo)).collect();
     let refs: Vec<&Upstream> = ups.iter().collect();
-    let gw = Gateway::start(&config(&refs, ", lb_policy: consistent_hash, hash_header: x-user"));
+    let gw = Gateway::start(&one_cluster_config(
+        &refs,
+        ", lb_policy: consistent_hash, hash_header: x-user",
+    ));
     let mut c = Conn::connect(gw.addr("http")).unwrap();
     let mut owner: HashMap<String, String> = HashMap::new();
     for round in 0..4 {
@@ -100,7 +89,7 @@ fn consistent_hash_by_header_sticks() {
 fn consistent_hash_by_client_ip_sticks() {
     let ups: Vec<Upstream> = (0..3).map(|_| Upstream::start(Behaviour::Echo)).collect();
     let refs: Vec<&Upstream> = ups.iter().collect();
-    let gw = Gateway::start(&config(&refs, ", lb_policy: consistent_hash"));
+    let gw = Gateway::start(&one_cluster_config(&refs, ", lb_policy: consistent_hash"));
     let addr = gw.addr("http");
     let mut owner: HashMap<u8, String> = HashMap::new();
     for round in 0..3 {
@@ -129,7 +118,7 @@ fn consistent_hash_by_client_ip_sticks() {
 fn consistent_hash_moves_only_the_keys_of_an_ejected_endpoint() {
     let ups: Vec<Upstream> = (0..3).map(|_| Upstream::start(Behaviour::Echo)).collect();
     let refs: Vec<&Upstream> = ups.iter().collect();
-    let gw = Gateway::start(&config(
+    let gw = Gateway::start(&one_cluster_config(
         &refs,
         ", lb_policy: consistent_hash, hash_header: x-user, \
          health_check: {path: /health, interval: 100ms, timeout: 80ms, healthy_threshold: 1, unhealthy_threshold: 1}",

@@ -6,21 +6,7 @@
 use std::time::Duration;
 
 use tollgate_e2e::client::get;
-use tollgate_e2e::{eps, metrics, wait, Behaviour, Gateway, Upstream};
-
-fn config(ups: &[&Upstream], cluster_extra: &str) -> String {
-    r#"
-runtime: {workers: 1}
-access_log: {path: "off"}
-listeners: [{name: http, address: "127.0.0.1:${http}"}]
-hosts:
-  - {name: all, domains: ["*"], routes: [{name: all, proxy: {cluster: backend}}]}
-clusters:
-  - {name: backend, endpoints: UPS, lb_policy: round_robin CLUSTER}
-"#
-    .replace("UPS", &eps(ups))
-    .replace("CLUSTER", cluster_extra)
-}
+use tollgate_e2e::{metrics, one_cluster_config, wait, Behaviour, Gateway, Upstream};
 
 fn healthy(gw: &Gateway, up: &Upstream) -> Option<f64> {
     let ep = up.endpoint();
@@ -35,7 +21,7 @@ fn healthy(gw: &Gateway, up: &Upstream) -> Option<f64> {
 fn active_checks_eject_and_restore() {
     let a = Upstream::start(Behaviour::Echo);
     let b = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&config(
+    let gw = Gateway::start(&one_cluster_config(
         &[&a, &b],
         ", health_check: {path: /health, interval: 100ms, timeout: 80ms, healthy_threshold: 1, unhealthy_threshold: 2}, \
          outlier_detection: {consecutive_failures: 0}",
@@ -87,7 +73,7 @@ fn active_checks_eject_and_restore() {
 fn passive_ejection_and_return() {
     let bad = Upstream::start(Behaviour::CloseWithoutResponse);
     let good = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&config(
+    let gw = Gateway::start(&one_cluster_config(
         &[&bad, &good],
         ", outlier_detection: {consecutive_failures: 3, ejection_time: 2s}",
     ));
