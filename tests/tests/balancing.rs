@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use tollgate_e2e::client::{request, Conn};
-use tollgate_e2e::{connect_from, eps, one_cluster_config, Behaviour, Gateway, Upstream};
+use tollgate_e2e::{connect_from, one_cluster_config, Behaviour, Gateway, Upstream};
 
 fn upstream_of(r: &tollgate_e2e::Response) -> String {
     assert_eq!(r.status, 200, "{}", r.body_str());
