@@ -60,25 +60,13 @@ impl Router {
             // Free, or held by this host's previous version.
             let claimable = |holder: &Arc<VirtualHost>| old.as_ref().is_some_and(|old| Arc::ptr_eq(holder, old));
             for domain in &host.domains {
-                let slot = match domain {
-                    Domain::Exact(name) => router.exact.entry(name.clone()),
-                    Domain::Wildcard(suffix) => router.wildcard.entry(suffix.clone()),
-                    Domain::Any => {
-                        if router.default.as_ref().is_none_or(claimable) {
-                            router.default = Some(Arc::clone(&host));
-                        }
-                        continue;
+                if *domain == Domain::Any {
+                    if router.default.as_ref().is_none_or(claimable) {
+                        router.default = Some(Arc::clone(&host));
                     }
-                };
-                match slot {
-                    imbl::hashmap::Entry::Vacant(slot) => {
-                        slot.insert(Arc::clone(&host));
-                    }
-                    imbl::hashmap::Entry::Occupied(mut slot) if claimable(slot.get()) => {
-                        slot.insert(Arc::clone(&host));
-                    }
-                    imbl::hashmap::Entry::Occupied(_) => {}
+                    continue;
                 }
+                claim_domain(&mut router.exact, &mut router.wildcard, domain, &host, claimable);
             }
             router.hosts.insert(Arc::clone(&host.name), host);
         }
@@ -161,6 +149,34 @@ fn normalize_host(host: &str) -> Cow<'_, str> {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
+    }
+}
+
+/// Domain → entry maps of a virtual-host table (the router, the SNI table).
+pub(crate) type DomainMap<V> = imbl::HashMap<Box<str>, Arc<V>>;
+
+/// Puts `value` under an exact or wildcard `domain` unless a holder that
+/// `claimable` refuses keeps it. `Domain::Any` has no map: callers handle it.
+pub(crate) fn claim_domain<V>(
+    exact: &mut DomainMap<V>,
+    wildcard: &mut DomainMap<V>,
+    domain: &Domain,
+    value: &Arc<V>,
+    claimable: impl Fn(&Arc<V>) -> bool,
+) {
+    let slot = match domain {
+        Domain::Exact(name) => exact.entry(name.clone()),
+        Domain::Wildcard(suffix) => wildcard.entry(suffix.clone()),
+        Domain::Any => return,
+    };
+    match slot {
+        imbl::hashmap::Entry::Vacant(slot) => {
+            slot.insert(Arc::clone(value));
+        }
+        imbl::hashmap::Entry::Occupied(mut slot) if claimable(slot.get()) => {
+            slot.insert(Arc::clone(value));
+        }
+        imbl::hashmap::Entry::Occupied(_) => {}
     }
 }
 

@@ -11,7 +11,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 
-use crate::route::Domain;
+use crate::route::{claim_domain, Domain};
 
 /// Client-certificate verification of one host (mTLS).
 #[derive(Debug, Clone)]
@@ -85,20 +85,7 @@ impl SniTable {
         for (host, domains, old) in add {
             let claimable = |holder: &Arc<SniHost>| old.as_ref().is_some_and(|old| Arc::ptr_eq(holder, old));
             for domain in domains {
-                let slot = match domain {
-                    Domain::Exact(name) => table.exact.entry(name.clone()),
-                    Domain::Wildcard(suffix) => table.wildcard.entry(suffix.clone()),
-                    Domain::Any => continue,
-                };
-                match slot {
-                    imbl::hashmap::Entry::Vacant(slot) => {
-                        slot.insert(Arc::clone(&host));
-                    }
-                    imbl::hashmap::Entry::Occupied(mut slot) if claimable(slot.get()) => {
-                        slot.insert(Arc::clone(&host));
-                    }
-                    imbl::hashmap::Entry::Occupied(_) => {}
-                }
+                claim_domain(&mut table.exact, &mut table.wildcard, domain, &host, claimable);
             }
             if host.client_auth.is_some() {
                 table.mtls.insert(Arc::clone(&host.host), Arc::clone(&host));
