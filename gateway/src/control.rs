@@ -133,17 +133,19 @@ impl Control {
             tracing::info!("running the embedded config: nothing to reload");
             return;
         };
+        // Only this thread stores snapshots: `previous` stays the running one.
         let previous = self.live.load_full();
+        let base = Arc::clone(&previous);
         let built = tokio::task::spawn_blocking(move || {
             let source = config::load_file(&path)?;
-            Snapshot::build(source, Some(&previous))
+            Snapshot::build(source, Some(&base))
         })
         .await;
         let snapshot = match built {
             Ok(Ok(snapshot)) => snapshot,
             Ok(Err(errors)) => {
                 tracing::error!(
-                    generation = self.live.load().generation,
+                    generation = previous.generation,
                     "config rejected, the running config stays:\n{errors}"
                 );
                 return;
@@ -153,7 +155,6 @@ impl Control {
                 return;
             }
         };
-        let previous = self.live.load_full();
         if snapshot.runtime != previous.runtime {
             tracing::warn!("runtime settings (workers, io, pinning) change only at restart");
         }
@@ -170,9 +171,8 @@ impl Control {
             self.broadcast(|| WorkerCommand::RemoveListener { name: name.clone() })
                 .await;
         }
-        for (name, mut sockets) in added {
-            for worker in &self.workers {
-                let socket = sockets.remove(0);
+        for (name, sockets) in added {
+            for (worker, socket) in self.workers.iter().zip(sockets) {
                 let _ = worker
                     .commands
                     .send(WorkerCommand::AddListener {

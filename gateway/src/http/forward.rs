@@ -469,8 +469,7 @@ async fn exchange(
     if route.retry_on_statuses.contains(&response.status) && may_retry && idempotent && body.is_replayable() {
         return Err(Failure::RetryStatus);
     }
-    if body.buffered_len.is_some() {
-        let len = body.buffered_len.unwrap_or(0);
+    if let Some(len) = body.buffered_len {
         conn.buf.drain(..len);
     }
     if response.status == 101 {

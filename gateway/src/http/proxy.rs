@@ -291,13 +291,15 @@ async fn answer(ex: &Exchange<'_>, conn: &mut ClientConn, mut response: Generate
     response.hsts = ex.hsts;
     conn.out.clear();
     response.write_to(&mut conn.out);
-    let head_len = conn.out.len() - if response.head_only { 0 } else { response.body.len() };
+    let body_bytes = if response.head_only {
+        0
+    } else {
+        response.body.len() as u64
+    };
     let written = conn.stream.write_all(&mut conn.out, ex.client_timeout).await.is_ok();
     Forwarded {
         status: response.status,
-        bytes_sent: if written { (conn.out.len() - head_len) as u64 } else { 0 },
-        upstream: None,
-        upstream_time: None,
+        bytes_sent: if written { body_bytes } else { 0 },
         keep_client: keep && written,
         ..Forwarded::default()
     }

@@ -163,10 +163,6 @@ impl TlsStream {
         }
     }
 
-    pub fn connection(&self) -> &ServerConnection {
-        &self.conn
-    }
-
     /// Gives buffered ciphertext to rustls and processes it.
     fn absorb(&mut self) -> Result<(), rustls::Error> {
         let conn = &mut self.conn;
