@@ -1,0 +1,88 @@
+//! header-rewrite: a proxy-wasm plugin that removes, sets and adds request and response headers as its JSON
+//! configuration says (format in plugins/README.md). The SDK glue is here; the configuration rules are in `config`.
+
+mod config;
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use config::{Config, Edits};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: Rc::default() }));
+}}
+
+struct Root {
+    config: Rc<Config>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                self.config = Rc::new(config);
+                true
+            }
+            Err(reason) => {
+                // The gateway refuses the configuration when this returns false; the log says why.
+                let _ = hostcalls::log(
+                    LogLevel::Error,
+                    &format!("header-rewrite: invalid configuration: {reason}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            config: Rc::clone(&self.config),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    config: Rc<Config>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Edits { remove, set, add } = &self.config.request;
+        for name in remove {
+            self.remove_http_request_header(name);
+        }
+        for (name, value) in set {
+            self.set_http_request_header(name, Some(value));
+        }
+        for (name, value) in add {
+            self.add_http_request_header(name, value);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Edits { remove, set, add } = &self.config.response;
+        for name in remove {
+            self.remove_http_response_header(name);
+        }
+        for (name, value) in set {
+            self.set_http_response_header(name, Some(value));
+        }
+        for (name, value) in add {
+            self.add_http_response_header(name, value);
+        }
+        Action::Continue
+    }
+}
