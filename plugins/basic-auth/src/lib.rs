@@ -1,0 +1,82 @@
+//! basic-auth: a proxy-wasm plugin that admits a request only with HTTP Basic credentials of a consumer listed in
+//! its configuration. Missing or wrong credentials → 401 with a `WWW-Authenticate: Basic realm="…"` challenge,
+//! answered by the gateway; on success the upstream gets the consumer's name in a header and no `Authorization`.
+//! The SDK glue is here; configuration and the credential check are in `auth`.
+
+mod auth;
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use auth::Config;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+}}
+
+struct Root {
+    config: Option<Rc<Config>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(reason) => {
+                // The gateway refuses the configuration when this returns false; the log says why.
+                let _ = hostcalls::log(LogLevel::Error, &format!("basic-auth: invalid configuration: {reason}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // No stream is created before a successful on_configure, so `config` is set here.
+        self.config
+            .clone()
+            .map(|config| Box::new(Stream { config }) as Box<dyn HttpContext>)
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    config: Rc<Config>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.config);
+        let authorization = self.get_http_request_header("authorization");
+        match config.authenticate(authorization.as_deref()) {
+            Ok(consumer) => {
+                // `set` replaces whatever the client sent under the consumer header, so it cannot claim an identity.
+                self.set_http_request_header(&config.consumer_header, Some(consumer));
+                self.remove_http_request_header("authorization");
+                Action::Continue
+            }
+            Err(denied) => {
+                let body = serde_json::json!({ "error": denied.message() }).to_string();
+                let headers = vec![
+                    ("www-authenticate", config.challenge.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                self.send_http_response(401, headers, Some(body.as_bytes()));
+                Action::Pause
+            }
+        }
+    }
+}
