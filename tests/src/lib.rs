@@ -1,6 +1,7 @@
 //! Test harness for Tollgate's end-to-end tests: the one way tests start the
 //! gateway (`Gateway`), upstream servers (`Upstream`, `Nginx`), raw HTTP/1.1
-//! clients (`client`), certificates and a rustls client (`tls`), cgroups for
+//! clients (`client`), real redis-server (`Redis`), the built proxy-wasm
+//! plugins (`plugins`), certificates and a rustls client (`tls`), cgroups for
 //! worker sizing, and small helpers for metrics and polling. Everything binds
 //! 127.0.0.1 on ports allocated at run time, so tests run in parallel without
 //! shared state.
@@ -10,7 +11,9 @@ pub mod client;
 pub mod gateway;
 pub mod metrics;
 pub mod nginx;
+pub mod plugins;
 pub mod ports;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 pub mod wait;
@@ -18,6 +21,7 @@ pub mod wait;
 pub use client::{raw_exchange, raw_request, Conn, Response};
 pub use gateway::{Gateway, GatewayOptions};
 pub use nginx::Nginx;
+pub use redis::Redis;
 pub use upstream::{Behaviour, Upstream};
 
 use std::net::{SocketAddr, TcpStream};
