@@ -115,9 +115,10 @@ impl HttpContext for ProbeStream {
             }
         });
 
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        log::info!("probe saw {path}");
-        if let Err(status) = hostcalls::enqueue_shared_queue(self.handles.queue_id, Some(path.as_bytes())) {
+        // Bytes, not the SDK's String getter: that one panics on a path that is not UTF-8.
+        let path = self.get_http_request_header_bytes(":path").unwrap_or_default();
+        log::info!("probe saw {}", String::from_utf8_lossy(&path));
+        if let Err(status) = hostcalls::enqueue_shared_queue(self.handles.queue_id, Some(&path)) {
             log::warn!(
                 "test-probe: enqueue_shared_queue({}): {status:?}",
                 self.handles.queue_id
