@@ -1,0 +1,115 @@
+//! cors: a proxy-wasm plugin that applies a CORS policy at the gateway. A preflight (OPTIONS with `Origin` and
+//! `Access-Control-Request-Method`) is answered locally: 204 with the allow headers when the policy allows the
+//! origin, method and requested headers, 403 otherwise; it never reaches the upstream. Responses to other requests
+//! from an allowed origin get `Access-Control-Allow-Origin` (and `Vary`, credentials, exposed headers). The SDK glue
+//! is here; the policy is in `policy`.
+
+mod policy;
+
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use policy::Config;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+}}
+
+struct Root {
+    config: Option<Rc<Config>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(reason) => {
+                // The gateway refuses the configuration when this returns false; the log says why.
+                let _ = hostcalls::log(LogLevel::Error, &format!("cors: invalid configuration: {reason}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // No stream is created before a successful on_configure, so `config` is set here.
+        let config = self.config.clone()?;
+        Some(Box::new(Stream {
+            config,
+            allowed_origin: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    config: Rc<Config>,
+    /// The request's `Origin` when the policy allows it: its response gets the CORS headers.
+    allowed_origin: Option<String>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(origin) = self.get_http_request_header("origin") else {
+            return Action::Continue;
+        };
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        let requested_method = self.get_http_request_header("access-control-request-method");
+        match requested_method {
+            Some(requested_method) if method == "OPTIONS" => {
+                let requested_headers = self.get_http_request_header("access-control-request-headers");
+                match self
+                    .config
+                    .preflight(&origin, &requested_method, requested_headers.as_deref())
+                {
+                    Some(headers) => {
+                        let headers = headers
+                            .iter()
+                            .map(|(name, value)| (name.as_str(), value.as_str()))
+                            .collect();
+                        self.send_http_response(204, headers, None);
+                    }
+                    None => {
+                        let body = br#"{"error":"CORS preflight refused"}"#;
+                        self.send_http_response(403, vec![("content-type", "application/json")], Some(body));
+                    }
+                }
+                Action::Pause
+            }
+            _ => {
+                if self.config.origin_allowed(&origin) {
+                    self.allowed_origin = Some(origin);
+                }
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(origin) = &self.allowed_origin {
+            for (name, value) in self.config.response_headers(origin) {
+                // `Vary` may already list other headers from the upstream: add a value rather than replace it.
+                if name == "vary" {
+                    self.add_http_response_header(&name, &value);
+                } else {
+                    self.set_http_response_header(&name, Some(&value));
+                }
+            }
+        }
+        Action::Continue
+    }
+}
