@@ -25,6 +25,11 @@ fn main() -> anyhow::Result<()> {
         ("Cluster.lb_policy", "lb_policy"),
         ("Cluster.endpoints", "endpoints"),
         ("ListenerTls.unknown_sni", "unknown_sni"),
+        ("Plugins.vm_memory_budget", "size"),
+        ("Plugin.configuration", "plugin_bytes"),
+        ("Plugin.vm_configuration", "plugin_bytes"),
+        ("Plugin.fail_strategy", "fail_strategy"),
+        ("Plugin.max_memory", "size"),
     ];
     for (field, helper) in custom_fields {
         config.field_attribute(

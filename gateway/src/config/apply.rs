@@ -1,10 +1,15 @@
-//! Change sets: upserts and deletes of listeners, hosts, clusters and
-//! certificates by name, applied to a snapshot to give the next one or every
+//! Change sets: upserts and deletes of listeners, hosts, clusters,
+//! certificates and plugins by name, applied to a snapshot to give the next one or every
 //! error found. Only the changed resources are checked, plus the cross
 //! references they touch (found through the snapshot's reverse references,
 //! never by walking all hosts); every unchanged compiled part (host, route
 //! table, cluster with its pools and health, parsed certificate, SNI entry)
 //! is the previous snapshot's own `Arc`, found by name and content hash.
+//! Plugins are few: a change to any is checked with all of them, reusing
+//! each unchanged plugin's settings and module bytes (no file is read
+//! again), and never rebuilds a host; the per-route plugin lists are
+//! computed again for changed hosts, or for all when a plugin's rule or
+//! place in the run order changed.
 //! The file reload compares the new file with the running snapshot by
 //! resource hash and applies the difference through the same path.
 
@@ -13,6 +18,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::error::{ConfigErrors, Errors};
+use super::plugins::{self, route_name, PluginContext};
 use super::proto;
 use super::resources::{content_hash, Clusters};
 use super::settings;
@@ -29,6 +35,9 @@ pub struct Settings {
     pub admin: Option<proto::Admin>,
     pub access_log: Option<proto::AccessLog>,
     pub http: Option<proto::HttpOptions>,
+    /// The plugin budget (`vm_budget`, `vm_memory_budget`); its `plugins`
+    /// list must be empty: plugins change through `upsert_plugins`.
+    pub plugins: Option<proto::Plugins>,
 }
 
 /// Resources to upsert (insert or replace, by name) and to delete (by name).
@@ -46,6 +55,22 @@ pub struct ChangeSet {
     pub delete_clusters: Vec<String>,
     pub upsert_certificates: Vec<proto::Certificate>,
     pub delete_certificates: Vec<String>,
+    /// A new plugin goes after the existing ones (list order breaks ties of
+    /// `order`); a replaced one keeps its place.
+    pub upsert_plugins: Vec<proto::Plugin>,
+    pub delete_plugins: Vec<String>,
+}
+
+/// The budget fields of a plugins section, without its plugins; None when
+/// both are unset.
+fn plugin_budget(section: Option<&proto::Plugins>) -> Option<proto::Plugins> {
+    section
+        .map(|section| proto::Plugins {
+            vm_budget: section.vm_budget,
+            vm_memory_budget: section.vm_memory_budget.clone(),
+            plugins: Vec::new(),
+        })
+        .filter(|budget| *budget != proto::Plugins::default())
 }
 
 /// `hosts["name"]`: where an error in a changed resource is reported.
@@ -65,11 +90,44 @@ impl Snapshot {
         // Settings and listeners are few: checked whole when touched.
         let settings_touched =
             changes.settings.is_some() || !changes.upsert_listeners.is_empty() || !changes.delete_listeners.is_empty();
+        let plugins_touched =
+            changes.settings.is_some() || !changes.upsert_plugins.is_empty() || !changes.delete_plugins.is_empty();
         if let Some(settings) = changes.settings {
             source.runtime = settings.runtime;
             source.admin = settings.admin;
             source.access_log = settings.access_log;
             source.http = settings.http;
+            let budget = settings.plugins.unwrap_or_default();
+            if !budget.plugins.is_empty() {
+                errors.add(
+                    "settings.plugins.plugins",
+                    "plugins change through upsert_plugins and delete_plugins",
+                );
+            }
+            source.plugins.vm_budget = budget.vm_budget;
+            source.plugins.vm_memory_budget = budget.vm_memory_budget;
+        }
+        for name in &changes.delete_plugins {
+            match source.plugins.plugins.iter().position(|plugin| plugin.name == *name) {
+                Some(index) => {
+                    source.plugins.plugins.remove(index);
+                }
+                None => errors.add(path("plugins", name), "no such plugin to delete"),
+            }
+        }
+        let mut seen = HashSet::new();
+        for plugin in changes.upsert_plugins {
+            if !seen.insert(plugin.name.clone()) {
+                errors.add(
+                    format!("{}.name", path("plugins", &plugin.name)),
+                    "upserted twice in one change set",
+                );
+                continue;
+            }
+            match source.plugins.plugins.iter_mut().find(|old| old.name == plugin.name) {
+                Some(old) => *old = plugin,
+                None => source.plugins.plugins.push(plugin),
+            }
         }
         for name in &changes.delete_listeners {
             match source.listeners.iter().position(|listener| listener.name == *name) {
@@ -255,6 +313,57 @@ impl Snapshot {
             }
         }
 
+        // Plugins: all checked again when one changed (against the hosts
+        // as changed); else only the hosts that changed are checked against
+        // what the plugins name.
+        let checked_plugins = if plugins_touched {
+            let has_host = |name: &str| source.hosts.contains(name);
+            let has_route = |host: &str, route: &str| {
+                source.hosts.get(host).is_some_and(|host| {
+                    host.message
+                        .routes
+                        .iter()
+                        .enumerate()
+                        .any(|(index, candidate)| route_name(index, candidate) == route)
+                })
+            };
+            let context = PluginContext {
+                has_host: &has_host,
+                has_route: &has_route,
+                previous: Some(&self.plugin_config),
+            };
+            Some(plugins::check(
+                &mut errors,
+                &source.plugins,
+                &|_, plugin| path("plugins", &plugin.name),
+                &context,
+            ))
+        } else {
+            for name in &deleted_hosts {
+                for (plugin, named) in plugins::broken_references(&source.plugins, name, None) {
+                    errors.add(
+                        path("hosts", name),
+                        format!("cannot delete: plugin \"{plugin}\" names {named}"),
+                    );
+                }
+            }
+            for (name, host) in &upserted {
+                let routes: Vec<String> = host
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .map(|(index, route)| route_name(index, route))
+                    .collect();
+                for (plugin, named) in plugins::broken_references(&source.plugins, name, Some(&routes)) {
+                    errors.add(
+                        format!("{}.routes", path("hosts", name)),
+                        format!("plugin \"{plugin}\" names {named}, which the host no longer has"),
+                    );
+                }
+            }
+            None
+        };
+
         // Unchanged hosts compiled again: those proxying to a changed
         // cluster, and the status page's when the listeners changed.
         let status_page_changed = listeners != self.listeners;
@@ -387,6 +496,11 @@ impl Snapshot {
         } else {
             self.listener_tls.clone()
         };
+        let mut plugin_config = match checked_plugins {
+            Some((budget, enabled)) => self.plugin_config.with_plugins(budget, enabled, &source.hosts),
+            None => self.plugin_config.clone(),
+        };
+        plugin_config.update_hosts(&touched, &source.hosts);
         Ok(Snapshot {
             generation: next_generation(),
             runtime,
@@ -398,6 +512,7 @@ impl Snapshot {
             clusters: Clusters::new(clusters),
             certificates,
             listener_tls,
+            plugin_config,
             source,
             sni,
             references,
@@ -429,12 +544,31 @@ impl Snapshot {
             admin: config.admin.clone(),
             access_log: config.access_log.clone(),
             http: config.http.clone(),
+            plugins: plugin_budget(config.plugins.as_ref()),
         };
         let current = &self.source;
         if (&settings.runtime, &settings.admin, &settings.access_log, &settings.http)
             != (&current.runtime, &current.admin, &current.access_log, &current.http)
+            || settings.plugins != plugin_budget(Some(&current.plugins))
         {
             changes.settings = Some(settings);
+        }
+        // Plugins are few: all again, in the file's order, when any differs
+        // or a module file changed on disk; unchanged ones are reused.
+        let plugins = config.plugins.as_ref().map_or(&[][..], |section| &section.plugins[..]);
+        let modules_changed = self
+            .plugin_config
+            .plugins
+            .iter()
+            .any(|plugin| !plugin.module_unchanged());
+        if plugins != current.plugins.plugins || modules_changed {
+            changes.delete_plugins = current
+                .plugins
+                .plugins
+                .iter()
+                .map(|plugin| plugin.name.clone())
+                .collect();
+            changes.upsert_plugins = plugins.to_vec();
         }
         if config.listeners != current.listeners {
             // All again, in the file's order.

@@ -1,7 +1,10 @@
 //! Tests of change sets: upserts and deletes of every resource kind, errors
 //! for dangling references and taken domains, reuse of unchanged compiled
-//! parts, and equivalence with building the same config from scratch.
+//! parts, and equivalence with building the same config from scratch;
+//! plugins: their route lists, versions, and module files read only when
+//! they changed.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use super::{proto, ChangeSet, Settings, Snapshot};
@@ -461,6 +464,8 @@ fn applying_changes_answers_like_building_from_scratch() {
             delete_clusters: vec!["cb".into()],
             upsert_certificates: vec![target.certificates[1].clone()],
             delete_certificates: vec!["kb".into()],
+            upsert_plugins: Vec::new(),
+            delete_plugins: Vec::new(),
         },
     );
     let reloaded = Snapshot::build(target.clone(), Some(&first)).unwrap_or_else(|errors| panic!("{errors}"));
@@ -497,4 +502,265 @@ fn applying_changes_answers_like_building_from_scratch() {
         assert_eq!(clusters, ["ca", "cc"]);
     }
     assert_eq!(sni(&applied, "x.a.test").unwrap(), ("a".into(), leaf_der(5)));
+}
+
+/// A fresh directory holding one module file for one test.
+fn module(test: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-apply-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plugin.wasm");
+    replace(&path, bytes);
+    path
+}
+
+/// Writes a new file in the place of `path`, as deployments do.
+fn replace(path: &Path, bytes: &[u8]) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+fn plugin(name: &str, module: &Path, hosts: &[&str], routes: &[&str]) -> proto::Plugin {
+    proto::Plugin {
+        name: name.into(),
+        module: module.display().to_string(),
+        configuration: b"{}".to_vec(),
+        hosts: hosts.iter().map(|host| host.to_string()).collect(),
+        routes: routes.iter().map(|route| route.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The plugin names that run on a route, in order.
+fn chain(snapshot: &Snapshot, host: &str, route: &str) -> Vec<String> {
+    let plugins = &snapshot.plugin_config;
+    plugins.route(host, route).map_or(Vec::new(), |route| {
+        route
+            .plugins
+            .iter()
+            .map(|&index| plugins.plugins[index].name.to_string())
+            .collect()
+    })
+}
+
+fn same_hosts(before: &Snapshot, after: &Snapshot) -> bool {
+    before.router.hosts().len() == after.router.hosts().len()
+        && before.router.hosts().all(|host| {
+            after
+                .router
+                .named(&host.name)
+                .is_some_and(|other| Arc::ptr_eq(host, other))
+        })
+}
+
+#[test]
+fn plugins_are_upserted_and_deleted_without_rebuilding_hosts() {
+    let path = module("upsert", b"module one");
+    let first = build(base());
+    let mut auth = plugin("auth", &path, &["a"], &[]);
+    let second = apply(
+        &first,
+        ChangeSet {
+            upsert_plugins: vec![auth.clone()],
+            ..Default::default()
+        },
+    );
+    assert!(same_hosts(&first, &second));
+    assert_eq!(chain(&second, "a", "r"), ["auth"]);
+    assert!(chain(&second, "b", "r").is_empty());
+    let v1 = Arc::clone(&second.plugin_config.plugins[0]);
+
+    // The same message over the same file: the same settings.
+    let same = apply(
+        &second,
+        ChangeSet {
+            upsert_plugins: vec![auth.clone()],
+            ..Default::default()
+        },
+    );
+    assert!(Arc::ptr_eq(&v1, &same.plugin_config.plugins[0]));
+
+    // A new configuration: a new version over the same module bytes.
+    auth.configuration = br#"{"realm":"x"}"#.to_vec();
+    let third = apply(
+        &second,
+        ChangeSet {
+            upsert_plugins: vec![auth.clone()],
+            ..Default::default()
+        },
+    );
+    let v2 = &third.plugin_config.plugins[0];
+    assert_ne!(v1.version, v2.version);
+    assert!(
+        Arc::ptr_eq(&v1.module, &v2.module),
+        "the unchanged file was not read again"
+    );
+    assert!(same_hosts(&second, &third));
+
+    // A new rule and order: the route lists change, the version does not.
+    auth.hosts = vec!["b".into()];
+    auth.routes = vec!["status/0".into()];
+    let mut cors = plugin("cors", &path, &[], &[]);
+    cors.order = 1;
+    let fourth = apply(
+        &third,
+        ChangeSet {
+            upsert_plugins: vec![auth.clone(), cors.clone()],
+            ..Default::default()
+        },
+    );
+    assert!(same_hosts(&third, &fourth));
+    assert_eq!(fourth.plugin_config.plugins[0].version, v2.version);
+    assert_eq!(chain(&fourth, "a", "r"), ["cors"]);
+    assert_eq!(chain(&fourth, "b", "r"), ["auth", "cors"]);
+    assert_eq!(chain(&fourth, "status", "0"), ["auth", "cors"]);
+    let mut target = base();
+    target.plugins = Some(proto::Plugins {
+        plugins: vec![auth, cors],
+        ..Default::default()
+    });
+    let scratch = build(target);
+    for (host, route) in [("a", "r"), ("b", "r"), ("status", "0")] {
+        assert_eq!(
+            chain(&fourth, host, route),
+            chain(&scratch, host, route),
+            "{host}/{route}"
+        );
+    }
+    assert_eq!(fourth.source.to_proto(), scratch.source.to_proto());
+
+    let fifth = apply(
+        &fourth,
+        ChangeSet {
+            delete_plugins: vec!["auth".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(chain(&fifth, "b", "r"), ["cors"]);
+    assert_eq!(
+        errors(
+            &fifth,
+            ChangeSet {
+                delete_plugins: vec!["auth".into()],
+                upsert_plugins: vec![plugin("x", &path, &["gone"], &[]), plugin("x", &path, &[], &[])],
+                ..Default::default()
+            }
+        ),
+        [
+            r#"plugins["auth"]: no such plugin to delete"#,
+            r#"plugins["x"].name: upserted twice in one change set"#,
+            r#"plugins["x"].hosts[0]: unknown host "gone""#,
+        ]
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn host_changes_read_no_module_and_keep_what_plugins_name() {
+    let path = module("hosts", b"module");
+    let mut config = base();
+    config.plugins = Some(proto::Plugins {
+        vm_budget: 8,
+        plugins: vec![
+            plugin("route-only", &path, &[], &["a/r"]),
+            plugin("host-only", &path, &["b"], &[]),
+            plugin("global", &path, &[], &[]),
+        ],
+        ..Default::default()
+    });
+    let first = build(config);
+    // Any read of the module would fail from now on.
+    std::fs::remove_file(&path).unwrap();
+    let second = apply(
+        &first,
+        ChangeSet {
+            upsert_hosts: vec![host("d", &["d.test"], "ca", "/", None)],
+            ..Default::default()
+        },
+    );
+    for (old, new) in first
+        .plugin_config
+        .plugins
+        .iter()
+        .zip(second.plugin_config.plugins.iter())
+    {
+        assert!(Arc::ptr_eq(old, new), "{}", old.name);
+    }
+    assert_eq!(chain(&second, "d", "r"), ["global"]);
+    assert_eq!(chain(&second, "a", "r"), ["route-only", "global"]);
+    assert_eq!(second.plugin_config.budget.vm_budget, Some(8));
+
+    let mut renamed = host("a", &["a.test"], "ca", "/", Some("ka"));
+    renamed.routes[0].name = "s".into();
+    assert_eq!(
+        errors(
+            &second,
+            ChangeSet {
+                delete_hosts: vec!["b".into()],
+                upsert_hosts: vec![renamed],
+                ..Default::default()
+            }
+        ),
+        [
+            r#"hosts["b"]: cannot delete: plugin "host-only" names host "b""#,
+            r#"hosts["a"].routes: plugin "route-only" names route "a/r", which the host no longer has"#,
+        ]
+    );
+    let third = apply(
+        &second,
+        ChangeSet {
+            delete_hosts: vec!["d".into()],
+            ..Default::default()
+        },
+    );
+    assert!(chain(&third, "d", "r").is_empty());
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn a_changed_module_file_is_a_new_plugin_version() {
+    let path = module("reload", b"version one");
+    let mut config = base();
+    config.plugins = Some(proto::Plugins {
+        plugins: vec![plugin("p", &path, &[], &[])],
+        ..Default::default()
+    });
+    let first = build(config.clone());
+    let v1 = Arc::clone(&first.plugin_config.plugins[0]);
+
+    // A reload of the same file over the same module: nothing changes.
+    let second = Snapshot::build(config.clone(), Some(&first)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(Arc::ptr_eq(&v1, &second.plugin_config.plugins[0]));
+
+    // The file rewritten with the same bytes: the same version and bytes.
+    replace(&path, b"version one");
+    let third = Snapshot::build(config.clone(), Some(&second)).unwrap_or_else(|e| panic!("{e}"));
+    let same = &third.plugin_config.plugins[0];
+    assert_eq!(same.version, v1.version);
+    assert!(Arc::ptr_eq(&same.module, &v1.module));
+
+    // New bytes: a new version (hot update); no host is rebuilt.
+    replace(&path, b"version two!");
+    let fourth = Snapshot::build(config.clone(), Some(&third)).unwrap_or_else(|e| panic!("{e}"));
+    let v2 = &fourth.plugin_config.plugins[0];
+    assert_ne!(v2.version, v1.version);
+    assert_eq!(v2.module_hash, xxhash_rust::xxh3::xxh3_64(b"version two!"));
+    assert_eq!(&*v2.module, b"version two!");
+    assert!(same_hosts(&third, &fourth));
+    assert_eq!(chain(&fourth, "a", "r"), ["p"]);
+
+    // A module that cannot be read: the running config stays.
+    std::fs::remove_file(&path).unwrap();
+    let message = Snapshot::build(config, Some(&fourth))
+        .err()
+        .expect("rejected")
+        .to_string();
+    assert_eq!(
+        message,
+        format!(
+            "plugins.plugins[0].module: {}: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

@@ -52,3 +52,16 @@ pub const UNHEALTHY_THRESHOLD: u32 = 3;
 
 pub const OUTLIER_CONSECUTIVE_FAILURES: u32 = 5;
 pub const OUTLIER_EJECTION_TIME: Duration = Duration::from_secs(30);
+
+/// Routes: body held when a plugin buffers it (Envoy's per-connection buffer limit).
+pub const MAX_BUFFERED_BODY_BYTES: u64 = 1024 * 1024;
+
+/// Plugins. The default instance budget is min(workers, this) per enabled
+/// plugin: one instance per worker up to 8 workers, so small machines never
+/// share an instance, and at most 8 per plugin however many cores there are
+/// (255 workers × 8 plugins: 64 instances, not 2,040).
+pub const PLUGIN_INSTANCES_PER_PLUGIN: u64 = 8;
+pub const PLUGIN_VM_MEMORY_BUDGET: u64 = 1024 * 1024 * 1024;
+pub const PLUGIN_MAX_MEMORY: u64 = 32 * 1024 * 1024;
+pub const PLUGIN_MAX_CALL_TIME: Duration = Duration::from_millis(100);
+pub const PLUGIN_ENABLED: bool = true;

@@ -4,8 +4,8 @@
 //! the immutable `Snapshot` the gateway runs on.
 //!
 //! Flow: YAML text → `proto::Config` (`parse_yaml`, `load_file`) →
-//! `Snapshot::build` (validate everything, then resolve clusters and compile
-//! routes). Later snapshots come from `Snapshot::apply` with a `ChangeSet`
+//! `Snapshot::build` (validate everything, read plugin modules, then resolve
+//! clusters and compile routes). Later snapshots come from `Snapshot::apply` with a `ChangeSet`
 //! (the admin API's path; a file reload diffs the file into one), which
 //! checks and compiles only what changed and reuses the rest by hash.
 
@@ -14,6 +14,7 @@ mod apply;
 mod apply_tests;
 pub mod defaults;
 mod error;
+mod plugins;
 pub mod proto;
 mod resources;
 mod settings;
@@ -27,6 +28,9 @@ use std::path::Path;
 
 pub use apply::{ChangeSet, Settings};
 pub use error::{ConfigErrors, FieldError};
+pub use plugins::{
+    format_size, FailStrategy, MatchRule, ModuleKind, PluginBudget, PluginSet, PluginSettings, RoutePlugins,
+};
 pub use resources::{Clusters, Source, SourceConfig, Sources};
 pub use settings::{AccessLogTarget, HttpSettings, IoDriver, ListenerSettings, RuntimeSettings, WorkersSetting};
 pub use snapshot::Snapshot;

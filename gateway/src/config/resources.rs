@@ -122,6 +122,9 @@ pub struct SourceConfig {
     pub hosts: Sources<proto::VirtualHost>,
     pub clusters: Sources<proto::Cluster>,
     pub certificates: Sources<proto::Certificate>,
+    /// The budget and the plugins in config order (few; their order breaks
+    /// ties of `order`). Default when the config has none.
+    pub plugins: proto::Plugins,
 }
 
 impl SourceConfig {
@@ -136,6 +139,7 @@ impl SourceConfig {
             hosts: Sources::hashed(config.hosts, host_name),
             clusters: Sources::hashed(config.clusters, |_, cluster| cluster.name.clone()),
             certificates: Sources::hashed(config.certificates, |_, certificate| certificate.name.clone()),
+            plugins: config.plugins.unwrap_or_default(),
         }
     }
 
@@ -151,6 +155,7 @@ impl SourceConfig {
             hosts: self.hosts.iter().cloned().collect(),
             clusters: self.clusters.iter().cloned().collect(),
             certificates: self.certificates.iter().cloned().collect(),
+            plugins: (self.plugins != proto::Plugins::default()).then(|| self.plugins.clone()),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The running configuration: an immutable snapshot of typed settings, live
-//! clusters, the compiled router, certificates and the SNI table, built from
-//! a validated config. `build` without a previous snapshot checks and
+//! clusters, the compiled router, certificates, the SNI table and the
+//! plugins with their per-route lists, built from a validated config. `build` without a previous snapshot checks and
 //! compiles everything; every later snapshot comes from `apply` (apply.rs),
 //! which reuses each unchanged compiled part by content hash. Certificates
 //! are parsed here, on the control thread.
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::error::{ConfigErrors, Errors};
+use super::plugins::PluginSet;
 use super::proto;
 use super::resources::{Clusters, References, SourceConfig};
 use super::settings::{AccessLogTarget, ClusterPlan, HttpSettings, ListenerSettings, RuntimeSettings};
@@ -38,6 +39,11 @@ pub struct Snapshot {
     /// Compiled TLS of each TLS listener, by listener name (plain listeners
     /// have no entry).
     pub listener_tls: HashMap<String, Arc<ListenerTls>>,
+    /// Enabled plugins in run order, the VM budget, and the plugins of each
+    /// route (`plugin_config.route(&route.host_name, &route.name)`), as
+    /// configured: loading modules and running instances is the plugin
+    /// pool's.
+    pub plugin_config: PluginSet,
     /// The config this snapshot was built from, by resource.
     pub source: SourceConfig,
     /// Every host with a certificate; shared by the listeners' resolvers.
@@ -89,6 +95,7 @@ impl Snapshot {
         let listener_tls = build_listener_tls(&checked.listener_tls, &certificates, &sni)?;
         let source = SourceConfig::new(config);
         let references = References::new(&source.hosts);
+        let plugin_config = PluginSet::new(checked.plugin_budget, checked.plugins, &source.hosts);
         Ok(Snapshot {
             generation: next_generation(),
             runtime: checked.runtime,
@@ -100,6 +107,7 @@ impl Snapshot {
             clusters: Clusters::new(clusters),
             certificates,
             listener_tls,
+            plugin_config,
             source,
             sni,
             references,

@@ -551,3 +551,285 @@ fn runtime_settings_alone_ignore_the_rest() {
     let bad = parse_yaml("runtime: {workers: many}").unwrap();
     assert_eq!(runtime_settings(&bad).unwrap_err().0[0].path, "runtime.workers");
 }
+
+/// A fresh directory for one test's module files.
+fn module_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-config-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Hosts "api" (routes "v1", "v2") and "web" (route "0"), and `plugins`.
+fn plugin_config(plugins: &str) -> String {
+    format!(
+        "
+listeners: [{{name: http, address: 127.0.0.1:18080}}]
+hosts:
+  - name: api
+    domains: [api.test]
+    routes:
+      - {{name: v1, match: {{prefix: /v1/}}, direct_response: {{body: one}}, max_buffered_body_bytes: 4096}}
+      - {{name: v2, direct_response: {{body: two}}}}
+  - name: web
+    domains: ['*']
+    routes: [{{direct_response: {{body: web}}}}]
+plugins:
+{plugins}
+"
+    )
+}
+
+#[test]
+fn plugin_configuration_is_a_verbatim_string_or_json() {
+    let config = parse_yaml(
+        "
+plugins:
+  vm_budget: 16
+  vm_memory_budget: 512MiB
+  plugins:
+    - name: mapped
+      configuration:
+        keys: [a, b]
+        limit: 10
+        nested: {on: true, 'null': ~}
+      vm_configuration: [1, two]
+      fail_strategy: fail_open
+      max_memory: 65536
+    - name: verbatim
+      configuration: '{\"keys\": [\"a\"]}'
+      vm_configuration: |
+        plain: text
+      fail_strategy: FAIL_STRATEGY_FAIL_CLOSED
+      max_memory: 1 GiB
+    - name: bare
+      configuration:
+      vm_configuration: 42
+",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let section = config.plugins.unwrap();
+    assert_eq!(section.vm_budget, 16);
+    assert_eq!(section.vm_memory_budget, "512MiB");
+    let [mapped, verbatim, bare] = &section.plugins[..] else {
+        panic!("three plugins")
+    };
+    assert_eq!(
+        std::str::from_utf8(&mapped.configuration).unwrap(),
+        r#"{"keys":["a","b"],"limit":10,"nested":{"on":true,"null":null}}"#,
+        "a mapping becomes its JSON text, in the file's key order"
+    );
+    assert_eq!(mapped.vm_configuration, br#"[1,"two"]"#);
+    assert_eq!(mapped.fail_strategy, proto::FailStrategy::FailOpen as i32);
+    assert_eq!(mapped.max_memory, "65536", "a number is a size in bytes");
+    assert_eq!(verbatim.configuration, br#"{"keys": ["a"]}"#);
+    assert_eq!(verbatim.vm_configuration, b"plain: text\n");
+    assert_eq!(verbatim.fail_strategy, proto::FailStrategy::FailClosed as i32);
+    assert_eq!(verbatim.max_memory, "1 GiB");
+    assert!(bare.configuration.is_empty());
+    assert_eq!(bare.vm_configuration, b"42");
+
+    let message = parse_yaml("plugins: {plugins: [{name: a, fail_strategy: open}]}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains(
+            "plugins.plugins[0].fail_strategy: unknown variant `open`, expected `fail_closed` or `fail_open`"
+        ),
+        "{message}"
+    );
+    let message = parse_yaml("plugins: {plugins: [{name: a, max_memory: [1]}]}")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("plugins.plugins[0].max_memory"), "{message}");
+}
+
+#[test]
+fn plugin_defaults_apply_in_one_place() {
+    let dir = module_dir("defaults");
+    let module = dir.join("auth.wasm");
+    std::fs::write(&module, b"\0asm fake module").unwrap();
+    let snapshot = build(&plugin_config(&format!(
+        "  plugins: [{{name: auth, module: {}, configuration: {{realm: x}}}}]",
+        module.display()
+    )));
+    let plugins = &snapshot.plugin_config;
+    assert_eq!(
+        plugins.budget,
+        PluginBudget {
+            vm_budget: None,
+            vm_memory_budget: 1 << 30
+        }
+    );
+    assert_eq!(
+        plugins.budget.instances(2, 8),
+        16,
+        "one per worker per plugin on small machines"
+    );
+    assert_eq!(plugins.budget.instances(255, 8), 64, "never 2,040 on a big one");
+    assert_eq!(plugins.plugins.len(), 1);
+    let auth = &plugins.plugins[0];
+    assert_eq!(&*auth.name, "auth");
+    assert_eq!(auth.module_path, module);
+    assert_eq!(auth.module_kind, ModuleKind::Wasm);
+    assert_eq!(&*auth.module, b"\0asm fake module");
+    assert_eq!(auth.module_hash, xxhash_rust::xxh3::xxh3_64(b"\0asm fake module"));
+    assert_eq!(&*auth.configuration, br#"{"realm":"x"}"#);
+    assert!(auth.vm_configuration.is_empty());
+    assert_eq!(auth.root_id, "");
+    assert_eq!(auth.order, 0);
+    assert_eq!(auth.fail_strategy, FailStrategy::FailClosed);
+    assert_eq!(auth.max_memory_bytes, 32 << 20);
+    assert_eq!(auth.max_call_time, Duration::from_millis(100));
+    assert!(auth.rule.is_all());
+    // No hosts, no routes: every route, with its buffer limit.
+    for (host, route, buffered) in [("api", "v1", 4096), ("api", "v2", 1 << 20), ("web", "0", 1 << 20)] {
+        let route = plugins.route(host, route).unwrap_or_else(|| panic!("{host}/{route}"));
+        assert_eq!(&*route.plugins, &[0]);
+        assert_eq!(route.max_buffered_body_bytes, buffered);
+    }
+    assert!(plugins.route("api", "v3").is_none());
+    assert!(
+        build(MINIMAL).plugin_config.route("*", "0").is_none(),
+        "no plugins, no lists"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn plugins_run_in_order_where_their_rules_say() {
+    let dir = module_dir("order");
+    let aot = dir.join("a.aot");
+    std::fs::write(&aot, b"aot bytes").unwrap();
+    let wasm = dir.join("w.wasm");
+    std::fs::write(&wasm, b"wasm bytes").unwrap();
+    let (aot, wasm) = (aot.display(), wasm.display());
+    let snapshot = build(&plugin_config(&format!(
+        "
+  vm_budget: 4
+  plugins:
+    - {{name: late, module: {aot}, order: 5, hosts: [web]}}
+    - {{name: first, module: {wasm}, order: -1, routes: [api/v2]}}
+    - {{name: tie-a, module: {wasm}, max_memory: 100000, max_call_time: 2s, root_id: r}}
+    - {{name: off, module: /nonexistent/off.wasm, enabled: false}}
+    - {{name: tie-b, module: {aot}, hosts: [web], routes: [api/v1], vm_configuration: verbatim}}
+"
+    )));
+    let plugins = &snapshot.plugin_config;
+    let names: Vec<&str> = plugins.plugins.iter().map(|plugin| &*plugin.name).collect();
+    assert_eq!(
+        names,
+        ["first", "tie-a", "tie-b", "late"],
+        "by order, ties in list order, the disabled one left out (its module never read)"
+    );
+    let chain = |host: &str, route: &str| -> Vec<&str> {
+        plugins.route(host, route).map_or(Vec::new(), |route| {
+            route
+                .plugins
+                .iter()
+                .map(|&index| &*plugins.plugins[index].name)
+                .collect()
+        })
+    };
+    assert_eq!(chain("api", "v1"), ["tie-a", "tie-b"]);
+    assert_eq!(chain("api", "v2"), ["first", "tie-a"]);
+    assert_eq!(chain("web", "0"), ["tie-a", "tie-b", "late"]);
+    let tie_a = plugins.get("tie-a").unwrap();
+    assert_eq!(tie_a.max_memory_bytes, 65536, "rounded down to whole 64 KiB pages");
+    assert_eq!(tie_a.max_call_time, Duration::from_secs(2));
+    assert_eq!(tie_a.root_id, "r");
+    let tie_b = plugins.get("tie-b").unwrap();
+    assert_eq!(tie_b.module_kind, ModuleKind::Aot);
+    assert_eq!(&*tie_b.vm_configuration, b"verbatim");
+    assert_eq!(
+        tie_b.rule,
+        MatchRule {
+            hosts: vec!["web".into()],
+            routes: vec![("api".into(), "v1".into())],
+        }
+    );
+    assert_eq!(plugins.budget.vm_budget, Some(4));
+    assert_eq!(plugins.budget.instances(255, 4), 4);
+    assert_ne!(tie_a.version, plugins.get("first").unwrap().version, "different limits");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn plugin_errors_have_exact_paths() {
+    let dir = module_dir("errors");
+    let module = dir.join("ok.wasm");
+    std::fs::write(&module, b"bytes").unwrap();
+    let ok = module.display();
+    let missing = dir.join("missing.aot");
+    let missing = missing.display();
+    assert_errors(
+        &plugin_config(&format!(
+            "
+  vm_budget: 1
+  vm_memory_budget: 1MB
+  plugins:
+    - {{name: a, module: {ok}, hosts: [nope], routes: [api/v9, web, ghost/0]}}
+    - {{name: a, module: {ok}}}
+    - {{name: Bad.Name, module: ''}}
+    - {{name: c, module: {ok}.so}}
+    - {{name: d, module: {missing}}}
+    - {{name: e, module: {dir}, max_memory: 1000, max_call_time: 20s}}
+    - {{name: f, module: {ok}, max_memory: 5 GiB, max_call_time: soon}}
+    - {{name: g, module: {ok}, max_memory: 32MB, max_call_time: 500us}}
+",
+            dir = dir.display()
+        )),
+        &[
+            ("plugins.plugins[0].hosts[0]", "unknown host \"nope\""),
+            ("plugins.plugins[0].routes[0]", "host \"api\" has no route \"v9\""),
+            ("plugins.plugins[0].routes[1]", "expected \"host/route\""),
+            ("plugins.plugins[0].routes[2]", "unknown host \"ghost\""),
+            (
+                "plugins.plugins[1].name",
+                "duplicate plugin name \"a\" (also plugins.plugins[0])",
+            ),
+            ("plugins.plugins[2].name", "invalid plugin name \"Bad.Name\""),
+            ("plugins.plugins[2].module", "must name a .aot or .wasm file"),
+            ("plugins.plugins[3].module", "ok.wasm.so: expected a .aot file"),
+            (
+                "plugins.plugins[4].module",
+                &format!("{missing}: No such file or directory"),
+            ),
+            ("plugins.plugins[5].module", "expected a .aot file"),
+            ("plugins.plugins[5].max_memory", "1000 B is below one 64 KiB wasm page"),
+            ("plugins.plugins[5].max_call_time", "20s is out of range: 1ms to 10s"),
+            (
+                "plugins.plugins[6].max_memory",
+                "5 GiB is more than a wasm32 memory can hold",
+            ),
+            ("plugins.plugins[6].max_call_time", "invalid duration \"soon\""),
+            ("plugins.plugins[7].max_memory", "invalid size \"32MB\""),
+            ("plugins.plugins[7].max_call_time", "500us is out of range"),
+            ("plugins.vm_memory_budget", "invalid size \"1MB\""),
+        ],
+    );
+    // The budget must hold one instance of each enabled plugin.
+    let budget = |vm_budget: u32, memory: &str| {
+        plugin_config(&format!(
+            "
+  vm_budget: {vm_budget}
+  vm_memory_budget: {memory}
+  plugins:
+    - {{name: a, module: {ok}}}
+    - {{name: b, module: {ok}, max_memory: 8MiB}}
+    - {{name: off, module: {ok}, enabled: false, max_memory: 1GiB}}
+"
+        ))
+    };
+    assert_errors(
+        &budget(1, "39MiB"),
+        &[
+            ("plugins.vm_budget", "1 is below the 2 enabled plugins"),
+            (
+                "plugins.vm_memory_budget",
+                "39 MiB is below one instance of each enabled plugin at its max_memory (40 MiB)",
+            ),
+        ],
+    );
+    assert_eq!(build(&budget(2, "40MiB")).plugin_config.plugins.len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,6 @@
 //! Whole-config validation: every section converted to typed settings, every
 //! host and route checked, cross references (clusters, unique names and
-//! domains) resolved. The result is a plan that building can no longer reject,
+//! domains, the hosts and routes plugins name) resolved, plugin modules read. The result is a plan that building can no longer reject,
 //! except for DNS. Nothing here has side effects.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use bytes::Bytes;
 
 use super::defaults;
 use super::error::{ConfigErrors, Errors};
+use super::plugins::{self, route_name, PluginBudget, PluginContext, PluginSettings};
 use super::proto;
 use super::settings::{
     self, is_authority, is_host, optional_duration, statuses, AccessLogTarget, ClusterPlan, HttpSettings,
@@ -35,6 +36,9 @@ pub(crate) struct Checked {
     pub certificates: HashMap<String, Arc<crate::tls::LoadedCertificate>>,
     pub clusters: Vec<ClusterPlan>,
     pub hosts: Vec<HostPlan>,
+    pub plugin_budget: PluginBudget,
+    /// Enabled plugins in run order.
+    pub plugins: Vec<Arc<PluginSettings>>,
 }
 
 pub(crate) struct HostPlan {
@@ -108,6 +112,10 @@ pub(crate) fn check(config: &proto::Config) -> Result<Checked, ConfigErrors> {
         certificate: &|name| certificates.get(name).cloned(),
     };
     let hosts = hosts(&mut errors, &config.hosts, &context);
+    let (plugin_budget, plugins) = match &config.plugins {
+        Some(section) => check_plugins(&mut errors, section, &config.hosts),
+        None => (PluginBudget::default(), Vec::new()),
+    };
     errors.into_result(Checked {
         runtime,
         admin_address,
@@ -118,7 +126,52 @@ pub(crate) fn check(config: &proto::Config) -> Result<Checked, ConfigErrors> {
         certificates,
         clusters,
         hosts,
+        plugin_budget,
+        plugins,
     })
+}
+
+/// The plugins section of a whole file, against the file's hosts.
+fn check_plugins(
+    errors: &mut Errors,
+    section: &proto::Plugins,
+    hosts: &[proto::VirtualHost],
+) -> (PluginBudget, Vec<Arc<PluginSettings>>) {
+    // Hosts by name, only when some plugin names one.
+    let names_hosts = section
+        .plugins
+        .iter()
+        .any(|plugin| !plugin.hosts.is_empty() || !plugin.routes.is_empty());
+    let index: HashMap<String, &proto::VirtualHost> = if names_hosts {
+        hosts
+            .iter()
+            .enumerate()
+            .map(|(index, host)| (host_name(index, host), host))
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let by_name = |name: &str| index.get(name).copied();
+    let has_host = |name: &str| by_name(name).is_some();
+    let has_route = |host: &str, route: &str| {
+        by_name(host).is_some_and(|host| {
+            host.routes
+                .iter()
+                .enumerate()
+                .any(|(index, candidate)| route_name(index, candidate) == route)
+        })
+    };
+    let context = PluginContext {
+        has_host: &has_host,
+        has_route: &has_route,
+        previous: None,
+    };
+    plugins::check(
+        errors,
+        section,
+        &|index, _| format!("plugins.plugins[{index}]"),
+        &context,
+    )
 }
 
 /// The built-in status page: the version and every listener.
