@@ -1,6 +1,6 @@
 //! Plugins in the config: each `Plugin` message checked and resolved into
 //! `PluginSettings` (module file read and hashed, configuration bytes,
-//! limits, match rule), the global VM budget and its arithmetic, and the
+//! limits, match rule), the global VM budget with its default, and the
 //! per-route plugin lists the request path reads (`PluginSet`), so serving
 //! a request does no matching work. Nothing here loads or runs wasm: the
 //! plugin pool turns `PluginSettings` into modules and instances.
@@ -70,7 +70,6 @@ impl MatchRule {
 
 /// One enabled plugin, checked and resolved: everything the pool needs to
 /// load its module and start instances, and the rule of where it runs.
-#[derive(Debug)]
 pub struct PluginSettings {
     pub name: Arc<str>,
     /// As configured; relative paths are from the working directory.
@@ -120,6 +119,29 @@ impl FileStamp {
             inode: metadata.ino(),
             device: metadata.dev(),
         })
+    }
+}
+
+// By hand: the module and configurations are summarized by size, so a
+// logged plugin does not print megabytes of wasm.
+impl std::fmt::Debug for PluginSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginSettings")
+            .field("name", &self.name)
+            .field("module_path", &self.module_path)
+            .field("module_kind", &self.module_kind)
+            .field("module_bytes", &self.module.len())
+            .field("module_hash", &format_args!("{:016x}", self.module_hash))
+            .field("configuration_bytes", &self.configuration.len())
+            .field("vm_configuration_bytes", &self.vm_configuration.len())
+            .field("root_id", &self.root_id)
+            .field("order", &self.order)
+            .field("fail_strategy", &self.fail_strategy)
+            .field("max_memory_bytes", &self.max_memory_bytes)
+            .field("max_call_time", &self.max_call_time)
+            .field("rule", &self.rule)
+            .field("version", &format_args!("{:016x}", self.version))
+            .finish_non_exhaustive()
     }
 }
 

@@ -681,6 +681,12 @@ fn plugin_defaults_apply_in_one_place() {
     assert_eq!(auth.max_memory_bytes, 32 << 20);
     assert_eq!(auth.max_call_time, Duration::from_millis(100));
     assert!(auth.rule.is_all());
+    let debug = format!("{auth:?}");
+    assert!(debug.contains("module_bytes: 16"), "{debug}");
+    assert!(
+        !debug.contains("102, 97, 107, 101"),
+        "the module's bytes are not printed: {debug}"
+    );
     // No hosts, no routes: every route, with its buffer limit.
     for (host, route, buffered) in [("api", "v1", 4096), ("api", "v2", 1 << 20), ("web", "0", 1 << 20)] {
         let route = plugins.route(host, route).unwrap_or_else(|| panic!("{host}/{route}"));
