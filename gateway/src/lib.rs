@@ -9,6 +9,7 @@ pub mod control;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod plugin;
 pub mod route;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,115 @@
+//! Header-map host functions over the current stream's request/response
+//! headers and trailers, and the http_call answer's headers and trailers.
+//! Keys are matched case-insensitively and stored lower-case (Envoy's
+//! LowerCaseString); a lookup returns the first value, as Envoy does.
+
+use super::{deserialize_map, map_type, serialize_map, serialized_map_size, HostResult, HostState, Status};
+use crate::plugin::instance::HeaderMap;
+use crate::plugin::vm::Caller;
+
+/// A readable copy of map `map`; None when it does not exist here.
+fn read_map(state: &mut HostState, map: u32) -> Result<Option<HeaderMap>, Status> {
+    Ok(match map {
+        map_type::HTTP_CALL_RESPONSE_HEADERS => state.http_response.as_ref().map(|r| r.headers.clone()),
+        map_type::HTTP_CALL_RESPONSE_TRAILERS => state.http_response.as_ref().map(|r| r.trailers.clone()),
+        map_type::GRPC_INITIAL_METADATA | map_type::GRPC_TRAILING_METADATA => None,
+        _ => with_stream_map(state, map, |m| m.clone()).ok(),
+    })
+}
+
+/// Runs `f` on a stream map; BadArgument for an unknown map type, NotFound
+/// when no stream is current.
+fn with_stream_map<T>(state: &mut HostState, map: u32, f: impl FnOnce(&mut HeaderMap) -> T) -> Result<T, Status> {
+    let stream = state.stream_mut().ok_or(Status::NotFound)?;
+    let map = match map {
+        map_type::REQUEST_HEADERS => &mut stream.request_headers,
+        map_type::REQUEST_TRAILERS => &mut stream.request_trailers,
+        map_type::RESPONSE_HEADERS => &mut stream.response_headers,
+        map_type::RESPONSE_TRAILERS => &mut stream.response_trailers,
+        _ => return Err(Status::BadArgument),
+    };
+    Ok(f(map))
+}
+
+/// A writable stream map; other maps (http call answer, gRPC) are read-only.
+fn write_map(c: &Caller, map: u32, f: impl FnOnce(&mut HeaderMap)) -> HostResult {
+    let mut state = c.state()?;
+    with_stream_map(&mut state, map, f).map_err(|_| Status::BadArgument)
+}
+
+fn lower(key: Vec<u8>) -> Vec<u8> {
+    key.to_ascii_lowercase()
+}
+
+/// proxy_get_header_map_pairs: the whole map in the wire format; an empty map
+/// where none exists (the SDKs accept only Ok here).
+pub(super) fn get_pairs(c: &Caller, map: u32, rpp: u32, rsp: u32) -> HostResult {
+    let pairs = read_map(&mut *c.state()?, map)?.unwrap_or_default();
+    c.return_bytes(&serialize_map(&pairs), rpp, rsp)
+}
+
+pub(super) fn set_pairs(c: &Caller, map: u32, p: u32, l: u32) -> HostResult {
+    let mut pairs = deserialize_map(&c.read(p, l)?).ok_or(Status::BadArgument)?;
+    for (k, _) in &mut pairs {
+        k.make_ascii_lowercase();
+    }
+    write_map(c, map, |m| *m = pairs)
+}
+
+pub(super) fn get_value(c: &Caller, map: u32, kp: u32, kl: u32, rpp: u32, rsp: u32) -> HostResult {
+    let key = c.read(kp, kl)?;
+    let value = {
+        let mut state = c.state()?;
+        let pairs = read_map(&mut state, map)?.ok_or(Status::NotFound)?;
+        pairs
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&key))
+            .map(|(_, v)| v)
+            .ok_or(Status::NotFound)?
+    };
+    c.return_bytes(&value, rpp, rsp)
+}
+
+/// Replaces the first entry's value and drops the others; adds when absent.
+pub(super) fn replace_value(c: &Caller, map: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> HostResult {
+    let key = lower(c.read(kp, kl)?);
+    let value = c.read(vp, vl)?;
+    write_map(c, map, |m| {
+        let mut value = Some(value);
+        m.retain_mut(|(k, v)| {
+            if !k.eq_ignore_ascii_case(&key) {
+                return true;
+            }
+            match value.take() {
+                Some(new) => {
+                    *v = new;
+                    true
+                }
+                None => false,
+            }
+        });
+        if let Some(value) = value {
+            m.push((key, value));
+        }
+    })
+}
+
+pub(super) fn add_value(c: &Caller, map: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> HostResult {
+    let key = lower(c.read(kp, kl)?);
+    let value = c.read(vp, vl)?;
+    write_map(c, map, |m| m.push((key, value)))
+}
+
+pub(super) fn remove_value(c: &Caller, map: u32, kp: u32, kl: u32) -> HostResult {
+    let key = c.read(kp, kl)?;
+    write_map(c, map, |m| m.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)))
+}
+
+/// proxy_get_header_map_size: the size of the serialised map.
+pub(super) fn get_size(c: &Caller, map: u32, rsp: u32) -> HostResult {
+    let size = {
+        let mut state = c.state()?;
+        read_map(&mut state, map)?.map_or(4, |m| serialized_map_size(&m))
+    };
+    c.write_u32(rsp, size as u32)
+}
