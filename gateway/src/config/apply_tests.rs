@@ -749,6 +749,45 @@ fn a_changed_module_file_is_a_new_plugin_version() {
     assert!(same_hosts(&third, &fourth));
     assert_eq!(chain(&fourth, "a", "r"), ["p"]);
 
+    // The budget alone: a settings change; the plugin is kept.
+    let mut budgeted = config.clone();
+    budgeted.plugins.as_mut().unwrap().vm_budget = 4;
+    let fifth = Snapshot::build(budgeted, Some(&fourth)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fifth.plugin_config.budget.vm_budget, Some(4));
+    assert!(Arc::ptr_eq(&fifth.plugin_config.plugins[0], v2));
+    let sixth = apply(
+        &fifth,
+        ChangeSet {
+            settings: Some(Settings {
+                plugins: Some(proto::Plugins {
+                    vm_memory_budget: "64MiB".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        sixth.plugin_config.budget.vm_budget, None,
+        "settings are replaced whole"
+    );
+    assert_eq!(sixth.plugin_config.budget.vm_memory_budget, 64 << 20);
+    assert_eq!(sixth.plugin_config.plugins.len(), 1);
+    assert_eq!(
+        errors(
+            &sixth,
+            ChangeSet {
+                settings: Some(Settings {
+                    plugins: config.plugins.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }
+        ),
+        ["settings.plugins.plugins: plugins change through upsert_plugins and delete_plugins"]
+    );
+
     // A module that cannot be read: the running config stays.
     std::fs::remove_file(&path).unwrap();
     let message = Snapshot::build(config, Some(&fourth))
