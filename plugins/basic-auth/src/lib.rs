@@ -3,6 +3,8 @@
 //! answered by the gateway; on success the upstream gets the consumer's name in a header and no `Authorization`.
 //! The SDK glue is here; configuration and the credential check are in `auth`.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 
 use std::rc::Rc;

@@ -3,6 +3,8 @@
 //! buffered to its end, masked, and replaced, and the gateway reframes it (content-length is dropped up front).
 //! Anything that does not parse as JSON passes unchanged. The SDK glue is here; config and masking are in `mask`.
 
+#![forbid(unsafe_code)]
+
 mod mask;
 
 use std::rc::Rc;

@@ -4,6 +4,8 @@
 //! from an allowed origin get `Access-Control-Allow-Origin` (and `Vary`, credentials, exposed headers). The SDK glue
 //! is here; the policy is in `policy`.
 
+#![forbid(unsafe_code)]
+
 mod policy;
 
 use std::rc::Rc;

@@ -1,6 +1,8 @@
 //! header-rewrite: a proxy-wasm plugin that removes, sets and adds request and response headers as its JSON
 //! configuration says (format in plugins/README.md). The SDK glue is here; the configuration rules are in `config`.
 
+#![forbid(unsafe_code)]
+
 mod config;
 
 use std::rc::Rc;

@@ -3,6 +3,8 @@
 //! gateway without reaching the upstream; on success the upstream gets the consumer's name in a header and never
 //! sees the key. The SDK glue is here; configuration and decisions are in `auth`.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 
 use std::rc::Rc;

@@ -4,6 +4,8 @@
 //! (429 by default) with `retry-after`; admitted responses carry `x-ratelimit-limit`/`x-ratelimit-remaining`.
 //! The SDK glue is here; configuration and the window arithmetic are in `limit`.
 
+#![forbid(unsafe_code)]
+
 mod limit;
 
 use std::rc::Rc;
