@@ -4,7 +4,10 @@
 //! with `retry-after`. When Redis cannot answer, `fail_open_on_redis_error` decides between letting the request
 //! through and 503. The SDK glue is here; the Redis ABI is in `redis`, RESP in `resp`, config and verdicts in `limit`.
 
+#![deny(unsafe_code)]
+
 mod limit;
+#[expect(unsafe_code, reason = "FFI of the Higress Redis host calls")]
 mod redis;
 mod resp;
 
