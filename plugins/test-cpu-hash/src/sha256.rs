@@ -77,37 +77,73 @@ impl Sha256 {
     }
 }
 
+fn big_sigma0(x: u32) -> u32 {
+    x.rotate_right(2) ^ x.rotate_right(13) ^ x.rotate_right(22)
+}
+
+fn big_sigma1(x: u32) -> u32 {
+    x.rotate_right(6) ^ x.rotate_right(11) ^ x.rotate_right(25)
+}
+
+fn small_sigma0(x: u32) -> u32 {
+    x.rotate_right(7) ^ x.rotate_right(18) ^ (x >> 3)
+}
+
+fn small_sigma1(x: u32) -> u32 {
+    x.rotate_right(17) ^ x.rotate_right(19) ^ (x >> 10)
+}
+
+/// One block. The 64 rounds are unrolled by macros, with the message schedule kept as a rolling window of
+/// 16 words indexed by constants, so the optimizer keeps all state in wasm locals: the hot loop is register
+/// arithmetic (what AOT compiles well) instead of bounds-checked loads and stores to linear memory.
 fn compress(state: &mut [u32; 8], block: &[u8; 64]) {
-    let mut w = [0u32; 64];
+    let mut w = [0u32; 16];
     for (word, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
         *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     }
-    for t in 16..64 {
-        let s0 = w[t - 15].rotate_right(7) ^ w[t - 15].rotate_right(18) ^ (w[t - 15] >> 3);
-        let s1 = w[t - 2].rotate_right(17) ^ w[t - 2].rotate_right(19) ^ (w[t - 2] >> 10);
-        w[t] = w[t - 16].wrapping_add(s0).wrapping_add(w[t - 7]).wrapping_add(s1);
-    }
     let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
-    for t in 0..64 {
-        let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-        let ch = (e & f) ^ (!e & g);
-        let t1 = h
-            .wrapping_add(s1)
-            .wrapping_add(ch)
-            .wrapping_add(K[t])
-            .wrapping_add(w[t]);
-        let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-        let maj = (a & b) ^ (a & c) ^ (b & c);
-        let t2 = s0.wrapping_add(maj);
-        h = g;
-        g = f;
-        f = e;
-        e = d.wrapping_add(t1);
-        d = c;
-        c = b;
-        b = a;
-        a = t1.wrapping_add(t2);
+
+    // Round `t` with the working variables renamed instead of shifted: the new `a` lands in `$h`, the new
+    // `e` in `$d`, and the next round is called with the names rotated by one.
+    macro_rules! round {
+        ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $t:expr) => {{
+            let t: usize = $t;
+            if t >= 16 {
+                // w[t & 15] holds W[t-16]; W[t-15], W[t-7] and W[t-2] sit at t+1, t+9 and t+14 (mod 16).
+                w[t & 15] = w[t & 15]
+                    .wrapping_add(small_sigma0(w[(t + 1) & 15]))
+                    .wrapping_add(w[(t + 9) & 15])
+                    .wrapping_add(small_sigma1(w[(t + 14) & 15]));
+            }
+            let ch = ($e & $f) ^ (!$e & $g);
+            let t1 = $h.wrapping_add(big_sigma1($e)).wrapping_add(ch).wrapping_add(K[t]).wrapping_add(w[t & 15]);
+            let maj = ($a & $b) ^ ($a & $c) ^ ($b & $c);
+            let t2 = big_sigma0($a).wrapping_add(maj);
+            $d = $d.wrapping_add(t1);
+            $h = t1.wrapping_add(t2);
+        }};
     }
+    macro_rules! eight_rounds {
+        ($base:expr) => {
+            round!(a, b, c, d, e, f, g, h, $base);
+            round!(h, a, b, c, d, e, f, g, $base + 1);
+            round!(g, h, a, b, c, d, e, f, $base + 2);
+            round!(f, g, h, a, b, c, d, e, $base + 3);
+            round!(e, f, g, h, a, b, c, d, $base + 4);
+            round!(d, e, f, g, h, a, b, c, $base + 5);
+            round!(c, d, e, f, g, h, a, b, $base + 6);
+            round!(b, c, d, e, f, g, h, a, $base + 7);
+        };
+    }
+    eight_rounds!(0);
+    eight_rounds!(8);
+    eight_rounds!(16);
+    eight_rounds!(24);
+    eight_rounds!(32);
+    eight_rounds!(40);
+    eight_rounds!(48);
+    eight_rounds!(56);
+
     for (word, add) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
         *word = word.wrapping_add(add);
     }
