@@ -27,14 +27,15 @@ struct Cli {
     /// Where to write the AOT file (.aot); replaced atomically.
     #[arg(short, long)]
     output: PathBuf,
-    /// LLVM CPU name the code may assume; a baseline, never the build host's,
-    /// so shipped files run on every x86_64 the appliance uses.
-    #[arg(long, default_value = "x86-64-v2")]
+    /// The x86-64 psABI level the code may assume: a baseline, never the build
+    /// host's CPU, so shipped files run on every x86_64 the appliance uses.
+    /// (Only these names: LLVM aborts the process on a CPU name it does not know.)
+    #[arg(long, default_value = "x86-64-v2", value_parser = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"])]
     target_cpu: String,
     /// LLVM optimisation level.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=3))]
     opt_level: u32,
-    /// LLVM size level (3: the code model WAMR's loader relocates by default).
+    /// LLVM code size level; 3 (small code model) is wamrc's default on x86-64 Linux.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=3))]
     size_level: u32,
 }

@@ -32,7 +32,7 @@ pub struct Options {
     pub target_cpu: String,
     /// 0–3, as LLVM's -O.
     pub opt_level: u32,
-    /// 0–3, LLVM's size level (3 selects the small code model WAMR's loader expects by default).
+    /// 0–3, LLVM code size level; 3 (small code model) is wamrc's default on x86-64 Linux.
     pub size_level: u32,
 }
 
@@ -79,8 +79,14 @@ pub fn compile(wasm: &[u8], options: &Options) -> Result<Vec<u8>, String> {
         // Linux: the runtime is built without hardware bound checks).
         bounds_checks: 1,
         stack_bounds_checks: 1,
+        // What rustc's wasm32 targets emit by default (LLVM 19): memory.copy
+        // and memory.fill (bulk-memory-opt), and call_indirect with a table
+        // index (reference types' "overlong" encoding). WAMR drops each
+        // feature a module does not use.
         enable_bulk_memory: true,
+        enable_bulk_memory_opt: true,
         enable_ref_types: true,
+        enable_call_indirect_overlong: true,
         // Emits the suspend/terminate checks (all modules, with the patch).
         enable_thread_mgr: true,
         enable_aux_stack_check: true,
@@ -91,7 +97,11 @@ pub fn compile(wasm: &[u8], options: &Options) -> Result<Vec<u8>, String> {
     // SAFETY: `option` and the strings it points to outlive the context.
     let context = unsafe { ffi::aot_create_comp_context(data.0, &mut option) };
     if context.is_null() {
-        return Err(format!("target {}: {}", options.target_cpu, last_error()));
+        return Err(format!(
+            "compiler setup for x86_64 {}: {}",
+            options.target_cpu,
+            last_error()
+        ));
     }
     let context = Guard(context, |c| unsafe { ffi::aot_destroy_comp_context(c) });
 

@@ -6,6 +6,7 @@
 //! binary links only the runtime; the compiler runs as its own process.
 
 use std::ffi::{c_char, CStr};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
@@ -36,6 +37,35 @@ const MODULE: &[u8] = &[
     0x07, 0x00, 0x20, 0x00, 0x20, 0x01, 0x6a, 0x0b, // add
     0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // spin: loop br 0 end
     0x07, 0x00, 0x20, 0x00, 0x28, 0x02, 0x00, 0x0b, // load: i32.load offset=0
+];
+
+/// What rustc's wasm32 output uses beyond the MVP, so a compiler option
+/// missing for it fails here rather than on the first real plugin:
+/// ```wat
+/// (module
+///   (type $t (func (result i32)))
+///   (table 1 funcref) (memory 1) (elem (i32.const 0) $seven)
+///   (func $seven (type $t) i32.const 7)
+///   (func (export "fill_and_call") (result i32)
+///     (memory.fill (i32.const 0) (i32.const 0xab) (i32.const 16))    ;; bulk-memory-opt
+///     (call_indirect (type $t) (i32.const 0))    ;; table index as LEB 0x80 0x00, as wasm-ld writes it
+///     (i32.load8_u (i32.const 15)) i32.add))     ;; 7 + 0xab
+/// ```
+const RUSTC_FEATURES: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+    0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, // types: () -> i32
+    0x03, 0x03, 0x02, 0x00, 0x00, // functions
+    0x04, 0x04, 0x01, 0x70, 0x00, 0x01, // table: funcref, min 1
+    0x05, 0x03, 0x01, 0x00, 0x01, // memory: min 1 page
+    0x07, 0x11, 0x01, 0x0d, b'f', b'i', b'l', b'l', b'_', b'a', b'n', b'd', b'_', b'c', b'a', b'l', b'l', 0x00,
+    0x01, // export "fill_and_call" func 1
+    0x09, 0x07, 0x01, 0x00, 0x41, 0x00, 0x0b, 0x01, 0x00, // elem: table 0 at 0: func 0
+    0x0a, 0x1f, 0x02, // code: 2 bodies
+    0x04, 0x00, 0x41, 0x07, 0x0b, // seven
+    0x18, 0x00, // fill_and_call, no locals
+    0x41, 0x00, 0x41, 0xab, 0x01, 0x41, 0x10, 0xfc, 0x0b, 0x00, // memory.fill
+    0x41, 0x00, 0x11, 0x00, 0x80, 0x00, // call_indirect type 0, table 0 (overlong)
+    0x41, 0x0f, 0x2d, 0x00, 0x00, 0x6a, 0x0b, // i32.load8_u, i32.add
 ];
 
 const STACK: u32 = 64 * 1024;
@@ -207,6 +237,15 @@ fn aot_output_runs_with_bounds_checks() {
 }
 
 #[test]
+fn aot_compiles_what_rustc_emits() {
+    let aot = compile("rustc", RUSTC_FEATURES);
+    let _turn = runtime();
+    let module = Module::load(aot).expect("the runtime loads the AOT file");
+    let inst = Instance::new(&module);
+    assert_eq!(inst.call("fill_and_call", &[]), Ok(7 + 0xab));
+}
+
+#[test]
 fn aot_loop_without_shared_memory_is_terminated_from_another_thread() {
     let aot = compile("terminate", MODULE);
     let _turn = runtime();
@@ -229,8 +268,13 @@ fn aot_loop_without_shared_memory_is_terminated_from_another_thread() {
         // SAFETY: the instance is alive until the spawned thread ends (scope).
         unsafe { wasm_runtime_terminate(target.0) };
         let Ok((result, spun)) = done_rx.recv_timeout(TERMINATE_PATIENCE) else {
-            // The spinning thread cannot be stopped any other way; end the process.
-            eprintln!("the AOT loop did not stop within {TERMINATE_PATIENCE:?} of wasm_runtime_terminate");
+            // The spinning thread cannot be stopped any other way: end the
+            // process, past the harness's output capture so the reason shows.
+            let _ = writeln!(
+                std::io::stderr(),
+                "FAILED: the AOT loop did not stop within {TERMINATE_PATIENCE:?} of wasm_runtime_terminate \
+                 (suspend checks missing: is the wamr-source patch applied?)"
+            );
             std::process::exit(1);
         };
         let latency = terminated_at.elapsed();
@@ -276,6 +320,20 @@ fn cli_errors_name_the_input_and_exit_nonzero() {
     let missing = aotc(&[&dir.join("none.wasm"), Path::new("-o"), &out]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("reading "));
+
+    // LLVM would abort on an unknown CPU name; the command line refuses it first.
+    let good = dir.join("good.wasm");
+    std::fs::write(&good, MODULE).unwrap();
+    let host_cpu = aotc(&[
+        &good,
+        Path::new("-o"),
+        &out,
+        Path::new("--target-cpu"),
+        Path::new("znver3"),
+    ]);
+    assert_eq!(host_cpu.status.code(), Some(2), "usage error");
+    assert!(String::from_utf8_lossy(&host_cpu.stderr).contains("x86-64-v2"));
+    assert!(!out.exists());
 
     let same = dir.join("same.wasm");
     std::fs::write(&same, MODULE).unwrap();

@@ -5,6 +5,7 @@
 mod bench;
 mod cmd;
 mod fuzz;
+mod plugins;
 mod run;
 mod setup;
 mod test;
@@ -30,6 +31,8 @@ enum Task {
     Test,
     /// Build the release gateway and run it in the foreground with the embedded default config.
     Run,
+    /// Build every plugin under plugins/ to target/plugins/<name>.wasm and .aot.
+    Plugins,
     /// Run fuzz targets for a bounded time (needs `cargo xtask setup`).
     Fuzz {
         /// Seconds per target.
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
         Task::Run => run::run(),
+        Task::Plugins => plugins::run(),
         Task::Fuzz { seconds, targets } => fuzz::run(&targets, seconds),
         Task::Bench {
             which,

@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "cmake",        // wamr-sys builds the WAMR runtime with CMake
     "clang",        // wamr-sys: the C toolchain the WAMR recipe was verified with
     "libclang-dev", // bindgen (wamr-sys) loads libclang
+    "llvm-19-dev",  // tollgate-aotc links WAMR's AOT compiler against LLVM 19
 ];
 
 /// Extra rustup toolchains, installed with the minimal profile.
@@ -35,6 +36,7 @@ const RUSTUP_ADDS: &[(&str, &str, &str)] = &[
     ("", "component", "rustfmt"),
     ("", "component", "clippy"),
     ("nightly", "component", "rust-src"),
+    ("", "target", "wasm32-wasip1"), // plugins (cargo xtask plugins)
 ];
 
 /// Cargo subcommands: (probe arguments to `cargo`, crate, version that builds on

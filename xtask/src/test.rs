@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::{cmd, fuzz, setup};
+use crate::{cmd, fuzz, plugins, setup};
 
 struct Step {
     name: &'static str,
@@ -25,6 +25,12 @@ const STEPS: &[Step] = &[
     Step {
         name: "build",
         run: build,
+        needs: None,
+    },
+    // The plugin and end-to-end tests load target/plugins/*.{wasm,aot}.
+    Step {
+        name: "plugins",
+        run: plugins::run,
         needs: None,
     },
     Step {
