@@ -50,9 +50,11 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         plan.explanation
     );
     crate::metrics::init(plan.count);
+    crate::plugin::set_worker_count(plan.count);
     let snapshot = Snapshot::build(source, None).map_err(|errors| anyhow!("invalid config:\n{errors}"))?;
     let admin_address = snapshot.admin_address;
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
+    crate::plugin::spawn_housekeeping(live.clone()).context("starting the plugin housekeeping thread")?;
     let cpus: Vec<usize> = (0..plan.count).map(|i| plan.cpus[i % plan.cpus.len()]).collect();
     let workers = listener::spawn_workers(&cpus, runtime.pin_workers, runtime.io, live.clone())?;
     for listener in &live.load().listeners {

@@ -24,6 +24,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Snapshot;
+use crate::plugin::{FaultKind, MetricKind, MetricValue, HISTOGRAM_BUCKETS};
 use crate::upstream::Cluster;
 
 /// Upper bounds (seconds) of the upstream latency histogram buckets.
@@ -258,12 +259,68 @@ impl WorkerStats {
     }
 }
 
+#[derive(Default)]
+struct PluginShard {
+    calls: AtomicU64,
+    call_ns: AtomicU64,
+    /// Per `FaultKind`, in `FAULT_KINDS` order.
+    faults: [AtomicU64; FAULT_KINDS.len()],
+}
+
+const FAULT_KINDS: [(FaultKind, &str); 3] = [
+    (FaultKind::Trap, "trap"),
+    (FaultKind::Timeout, "timeout"),
+    (FaultKind::Memory, "memory"),
+];
+
+/// Calls into one plugin (by name, across its versions), the time they took,
+/// its faults and instance restarts. Shards are per worker; calls made by the
+/// plugin housekeeping thread (ticks, queues) land in an extra last shard.
+pub struct PluginStats {
+    shards: Box<[Padded<PluginShard>]>,
+    restarts: AtomicU64,
+}
+
+impl PluginStats {
+    /// `worker` is `usize::MAX` for the housekeeping thread.
+    pub fn call(&self, worker: usize, elapsed: Duration) {
+        let shard = self.shard(worker);
+        bump(&shard.calls);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        shard.call_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn fault(&self, worker: usize, kind: FaultKind) {
+        let index = FAULT_KINDS.iter().position(|(k, _)| *k == kind).unwrap_or(0);
+        bump(&self.shard(worker).faults[index]);
+    }
+
+    pub fn restarted_slots(&self, count: u64) {
+        self.restarts.fetch_add(count, Ordering::Relaxed);
+    }
+
+    fn shard(&self, worker: usize) -> &PluginShard {
+        let last = self.shards.len() - 1;
+        &self.shards[if worker >= last { last } else { worker }].0
+    }
+}
+
+/// Instances and memory of one plugin, read from the running snapshot at scrape time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginGauges {
+    pub plugin: String,
+    pub mode: &'static str,
+    pub instances: usize,
+    pub memory_bytes: u64,
+}
+
 /// Every statistic of the process; one global instance, separate ones in tests.
 struct Stats {
     shards: usize,
     routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
     tls: Mutex<BTreeMap<String, Arc<TlsStats>>>,
+    plugins: Mutex<BTreeMap<String, Arc<PluginStats>>>,
     workers: Arc<[WorkerStats]>,
 }
 
@@ -277,6 +334,7 @@ impl Stats {
             routes: Mutex::new(BTreeMap::new()),
             clusters: Mutex::new(BTreeMap::new()),
             tls: Mutex::new(BTreeMap::new()),
+            plugins: Mutex::new(BTreeMap::new()),
             workers: (0..shards).map(|_| WorkerStats::new()).collect(),
         }
     }
@@ -316,6 +374,19 @@ impl Stats {
             .clone()
     }
 
+    fn plugin_stats(&self, plugin: &str) -> Arc<PluginStats> {
+        let mut plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner);
+        plugins
+            .entry(plugin.to_owned())
+            .or_insert_with(|| {
+                Arc::new(PluginStats {
+                    shards: shards(self.shards + 1),
+                    restarts: AtomicU64::new(0),
+                })
+            })
+            .clone()
+    }
+
     fn worker_stats(&self, worker: usize) -> &WorkerStats {
         debug_assert!(
             worker < self.workers.len(),
@@ -330,10 +401,12 @@ impl Stats {
         generation: u64,
         clusters: impl Iterator<Item = Arc<Cluster>>,
         certificates: Vec<CertificateExpiry>,
+        plugin_gauges: Vec<PluginGauges>,
     ) -> String {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let cluster_stats = self.clusters.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let tls = self.tls.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let plugins = self.plugins.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut clusters: Vec<Arc<Cluster>> = clusters.collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
         let mut registry = Registry::default();
@@ -344,6 +417,8 @@ impl Stats {
             clusters,
             tls,
             certificates,
+            plugins,
+            plugin_gauges,
             workers: self.workers.clone(),
         }));
         let mut out = String::new();
@@ -368,6 +443,11 @@ pub fn tls_stats(listener: &str) -> Arc<TlsStats> {
     global().tls_stats(listener)
 }
 
+/// The call and fault counters of a plugin by name, kept across versions and reloads.
+pub fn plugin_stats(plugin: &str) -> Arc<PluginStats> {
+    global().plugin_stats(plugin)
+}
+
 /// The counters of worker `worker` (0-based, below the count given to `init`).
 pub fn worker_stats(worker: usize) -> &'static WorkerStats {
     global().worker_stats(worker)
@@ -380,6 +460,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
         snapshot.generation,
         snapshot.clusters.iter().map(|(_, cluster)| Arc::clone(cluster)),
         certificate_expiry(snapshot, SystemTime::now()),
+        snapshot.plugins.gauges(),
     )
 }
 
@@ -436,6 +517,8 @@ struct Exposition {
     clusters: Vec<Arc<Cluster>>,
     tls: BTreeMap<String, Arc<TlsStats>>,
     certificates: Vec<CertificateExpiry>,
+    plugins: BTreeMap<String, Arc<PluginStats>>,
+    plugin_gauges: Vec<PluginGauges>,
     workers: Arc<[WorkerStats]>,
 }
 
@@ -493,8 +576,134 @@ impl Collector for Exposition {
         encode_endpoints(&mut encoder, &self.clusters)?;
         encode_tls(&mut encoder, &self.tls)?;
         encode_certificates(&mut encoder, &self.certificates)?;
+        encode_plugins(&mut encoder, &self.plugins, &self.plugin_gauges)?;
+        encode_plugin_defined(&mut encoder, &crate::plugin::plugin_metric_values())?;
         encode_workers(&mut encoder, &self.workers)
     }
+}
+
+/// Metrics plugins define (`proxy_define_metric`), one family each, named
+/// `tollgate_wasm_<name>` with characters Prometheus does not allow replaced by `_`.
+fn encode_plugin_defined(
+    encoder: &mut DescriptorEncoder,
+    metrics: &[(String, MetricKind, MetricValue)],
+) -> std::fmt::Result {
+    for (name, _, value) in metrics {
+        let mut family: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+            .collect();
+        match value {
+            MetricValue::Counter(count) => {
+                // The encoder appends `_total` to counters itself.
+                if let Some(stripped) = family.strip_suffix("_total") {
+                    family = stripped.to_string();
+                }
+                let name = format!("tollgate_wasm_{family}");
+                let mut e = encoder.encode_descriptor(&name, "Defined by a plugin.", None, MetricType::Counter)?;
+                e.encode_counter::<NoLabelSet, _, u64>(count, None)?;
+            }
+            MetricValue::Gauge(level) => {
+                let name = format!("tollgate_wasm_{family}");
+                let mut e = encoder.encode_descriptor(&name, "Defined by a plugin.", None, MetricType::Gauge)?;
+                e.encode_gauge(level)?;
+            }
+            MetricValue::Histogram { buckets, count, sum } => {
+                let name = format!("tollgate_wasm_{family}");
+                let mut e = encoder.encode_descriptor(&name, "Defined by a plugin.", None, MetricType::Histogram)?;
+                // The plugin side counts cumulatively; the encoder wants each bucket alone.
+                let mut previous = 0;
+                let mut per_bucket: Vec<(f64, u64)> = HISTOGRAM_BUCKETS
+                    .iter()
+                    .zip(buckets)
+                    .map(|(&bound, &cumulative)| {
+                        let alone = cumulative.saturating_sub(previous);
+                        previous = cumulative;
+                        (bound, alone)
+                    })
+                    .collect();
+                per_bucket.push((f64::MAX, count.saturating_sub(previous)));
+                e.encode_histogram::<NoLabelSet>(*sum as f64, *count, &per_bucket, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_plugins(
+    encoder: &mut DescriptorEncoder,
+    plugins: &BTreeMap<String, Arc<PluginStats>>,
+    gauges: &[PluginGauges],
+) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_plugin_calls",
+        "Calls into a plugin's wasm (callbacks, ticks, context creation).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (plugin, stats) in plugins {
+        counter(&mut e, &[("plugin", Escaped(plugin))], sum(&stats.shards, |s| &s.calls))?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_plugin_call_seconds",
+        "Time spent inside a plugin's wasm.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (plugin, stats) in plugins {
+        let seconds = sum(&stats.shards, |s| &s.call_ns) as f64 / 1e9;
+        e.encode_family(&[("plugin", Escaped(plugin))])?
+            .encode_counter::<NoLabelSet, _, u64>(&seconds, None)?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_plugin_faults",
+        "Plugin calls that trapped, ran out of memory or were stopped by the watchdog.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (plugin, stats) in plugins {
+        for (index, (_, kind)) in FAULT_KINDS.iter().enumerate() {
+            let value = sum(&stats.shards, |s| &s.faults[index]);
+            counter(&mut e, &[("plugin", Escaped(plugin)), ("kind", Escaped(kind))], value)?;
+        }
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_plugin_restarts",
+        "Plugin instances recreated after a fault.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (plugin, stats) in plugins {
+        counter(
+            &mut e,
+            &[("plugin", Escaped(plugin))],
+            stats.restarts.load(Ordering::Relaxed),
+        )?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_plugin_instances",
+        "Ready instances of each plugin in the running config.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for g in gauges {
+        let labels = [("plugin", Escaped(&g.plugin)), ("mode", Escaped(g.mode))];
+        gauge(&mut e, &labels, i64::try_from(g.instances).unwrap_or(i64::MAX))?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_plugin_memory_bytes",
+        "Linear memory of a plugin's ready instances.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for g in gauges {
+        gauge(
+            &mut e,
+            &[("plugin", Escaped(&g.plugin))],
+            i64::try_from(g.memory_bytes).unwrap_or(i64::MAX),
+        )?;
+    }
+    Ok(())
 }
 
 fn encode_tls(encoder: &mut DescriptorEncoder, listeners: &BTreeMap<String, Arc<TlsStats>>) -> std::fmt::Result {
@@ -833,7 +1042,7 @@ mod tests {
         upstream.endpoints().endpoints[0].set_active_healthy(false);
         let clusters = [upstream];
 
-        let text = stats.encode(7, clusters.into_iter(), Vec::new());
+        let text = stats.encode(7, clusters.into_iter(), Vec::new(), Vec::new());
         let lines = lines(&text);
         let info = format!("tollgate_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         let expected = [
@@ -892,7 +1101,7 @@ mod tests {
         tls.record_handshake(1, "TLSv1.2", "ok", Duration::from_micros(400));
         tls.record_handshake(0, "none", "rejected", Duration::from_micros(100));
         tls.record_handshake(1, "none", "timeout", Duration::from_secs(10));
-        let text = stats.encode(1, std::iter::empty(), Vec::new());
+        let text = stats.encode(1, std::iter::empty(), Vec::new(), Vec::new());
         let lines = lines(&text);
         let expected = [
             "tollgate_tls_handshakes_total{listener=\"https\",version=\"TLSv1.3\",result=\"ok\"} 2",
@@ -917,7 +1126,7 @@ mod tests {
     fn escapes_label_values() {
         let stats = Stats::new(1);
         stats.route_stats("quote\"host", "back\\slash").record(0, 301, 0, 0);
-        let text = stats.encode(0, std::iter::empty(), Vec::new());
+        let text = stats.encode(0, std::iter::empty(), Vec::new(), Vec::new());
         let line = "tollgate_requests_total{host=\"quote\\\"host\",route=\"back\\\\slash\",class=\"3xx\"} 1";
         assert!(lines(&text).contains(&line), "missing {line:?} in:\n{text}");
     }

@@ -26,7 +26,16 @@ impl Redis {
         let port = free_port();
         let mut command = Command::new("redis-server");
         command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir.path());
         if let Some(password) = requirepass {
@@ -39,11 +48,7 @@ impl Redis {
             .spawn()
             .expect("spawn redis-server (apt install redis-server)");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let redis = Redis {
-            _dir: dir,
-            child,
-            addr,
-        };
+        let redis = Redis { _dir: dir, child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start on {addr}");

@@ -25,6 +25,7 @@ use super::settings;
 use super::snapshot::{build_cluster, build_host, build_listener_tls, next_generation, sni_host, Snapshot};
 use super::tls::{self, users_suffix};
 use super::validate::{check, host_name, host_plan, status_page, HostContext};
+use crate::plugin::LoadedPlugins;
 use crate::route::Domain;
 use crate::tls::LoadedCertificate;
 
@@ -496,9 +497,13 @@ impl Snapshot {
         } else {
             self.listener_tls.clone()
         };
-        let mut plugin_config = match checked_plugins {
-            Some((budget, enabled)) => self.plugin_config.with_plugins(budget, enabled, &source.hosts),
-            None => self.plugin_config.clone(),
+        let (mut plugin_config, plugins) = match checked_plugins {
+            Some((budget, enabled)) => {
+                let plugin_config = self.plugin_config.with_plugins(budget, enabled, &source.hosts);
+                let plugins = LoadedPlugins::build(&plugin_config, &clusters, Some(&self.plugins))?;
+                (plugin_config, plugins)
+            }
+            None => (self.plugin_config.clone(), self.plugins.clone()),
         };
         plugin_config.update_hosts(&touched, &source.hosts);
         Ok(Snapshot {
@@ -513,6 +518,7 @@ impl Snapshot {
             certificates,
             listener_tls,
             plugin_config,
+            plugins,
             source,
             sni,
             references,

@@ -17,6 +17,7 @@ use super::resources::{Clusters, References, SourceConfig};
 use super::settings::{AccessLogTarget, ClusterPlan, HttpSettings, ListenerSettings, RuntimeSettings};
 use super::tls::{HostTlsPlan, ListenerTlsPlan};
 use super::validate::{check, ActionPlan, HostPlan, ProxyPlan};
+use crate::plugin::LoadedPlugins;
 use crate::route::{ProxyRoute, Route, RouteAction, RouteTable, Router, VirtualHost};
 use crate::tls::{ListenerTls, LoadedCertificate, SniHost, SniTable};
 use crate::upstream::Cluster;
@@ -44,6 +45,9 @@ pub struct Snapshot {
     /// configured: loading modules and running instances is the plugin
     /// pool's.
     pub plugin_config: PluginSet,
+    /// The enabled plugins loaded and running, index-aligned with
+    /// `plugin_config.plugins`.
+    pub plugins: LoadedPlugins,
     /// The config this snapshot was built from, by resource.
     pub source: SourceConfig,
     /// Every host with a certificate; shared by the listeners' resolvers.
@@ -96,6 +100,7 @@ impl Snapshot {
         let source = SourceConfig::new(config);
         let references = References::new(&source.hosts);
         let plugin_config = PluginSet::new(checked.plugin_budget, checked.plugins, &source.hosts);
+        let plugins = LoadedPlugins::build(&plugin_config, &clusters, None)?;
         Ok(Snapshot {
             generation: next_generation(),
             runtime: checked.runtime,
@@ -108,6 +113,7 @@ impl Snapshot {
             certificates,
             listener_tls,
             plugin_config,
+            plugins,
             source,
             sni,
             references,

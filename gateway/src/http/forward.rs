@@ -44,7 +44,7 @@ pub struct Forwarded {
     /// The client connection may carry another request.
     pub keep_client: bool,
     /// The upstream connection finished cleanly and may go back to the pool.
-    pub(super) reuse_upstream: bool,
+    pub reuse_upstream: bool,
     /// The upstream agreed to switch protocols: the caller tunnels the streams.
     pub upgraded: bool,
 }
@@ -125,7 +125,7 @@ impl FailureKind {
     }
 }
 
-enum Failure {
+pub(super) enum Failure {
     /// The request was not (completely) sent; another endpoint may take it.
     NotSent(HttpError),
     /// A pooled connection turned out closed before any response byte.
@@ -147,8 +147,37 @@ pub async fn proxy(
     conn: &mut ClientConn,
     route: &ProxyRoute,
 ) -> Result<(Forwarded, Option<UpstreamConn>), HttpError> {
-    let mut body = RequestBody::inspect(ex.head, &conn.buf, ex.max_body_bytes)?;
+    let body = RequestBody::inspect(ex.head, &conn.buf, ex.max_body_bytes)?;
     let request_head = build_request_head(ex, conn, route);
+    send(ex, conn, route, body, request_head).await
+}
+
+/// Proxies a request whose plugins produced the head and the whole body; the
+/// body is the first `body_len` bytes of `conn.buf`.
+pub async fn proxy_buffered(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    route: &ProxyRoute,
+    request_head: Vec<u8>,
+    body_len: usize,
+) -> Result<(Forwarded, Option<UpstreamConn>), HttpError> {
+    let body = RequestBody {
+        framing: BodyFraming::ContentLength(body_len as u64),
+        remaining: body_len as u64,
+        decoder: ChunkedDecoder::new(),
+        buffered_len: Some(body_len),
+        received: body_len as u64,
+    };
+    send(ex, conn, route, body, request_head).await
+}
+
+async fn send(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    route: &ProxyRoute,
+    mut body: RequestBody,
+    request_head: Vec<u8>,
+) -> Result<(Forwarded, Option<UpstreamConn>), HttpError> {
     let cluster = &route.cluster;
     let hash_key = request_hash(ex, conn, cluster);
     let idempotent = ex.head.is_idempotent(ex.raw);
@@ -318,33 +347,60 @@ fn request_hash(ex: &Exchange<'_>, conn: &ClientConn, cluster: &crate::upstream:
 fn build_request_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute) -> Vec<u8> {
     let head = ex.head;
     let raw = ex.raw;
+    let target = match ex.query {
+        Some(query) => format!("{}?{query}", route.upstream_path(ex.path)),
+        None => route.upstream_path(ex.path).into_owned(),
+    };
+    let headers = head.headers.iter().map(|header| (header.name(raw), header.value(raw)));
+    let host = match (&route.host_rewrite, ex.host) {
+        (Some(rewrite), _) => rewrite.as_str(),
+        (None, host) => host,
+    };
     let mut out = Vec::with_capacity(head.len + 256);
-    out.extend_from_slice(head.method(raw).as_bytes());
+    write_request_head(
+        &mut out,
+        ex,
+        conn,
+        route,
+        head.method(raw).as_bytes(),
+        &target,
+        host,
+        headers,
+    );
+    out
+}
+
+/// Writes the upstream request head from its parts: `headers` are the
+/// client's (or a plugin's version of them); hop-by-hop ones, Host and Expect
+/// are dropped here, Transfer-Encoding kept for the body framing.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_request_head<'h>(
+    out: &mut Vec<u8>,
+    ex: &Exchange<'_>,
+    conn: &ClientConn,
+    route: &ProxyRoute,
+    method: &[u8],
+    target: &str,
+    host: &str,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) {
+    let head = ex.head;
+    let raw = ex.raw;
+    out.extend_from_slice(method);
     out.push(b' ');
-    let path = route.upstream_path(ex.path);
-    if !path.starts_with('/') && path != "*" {
+    if !target.starts_with('/') && target != "*" {
         out.push(b'/');
     }
-    out.extend_from_slice(path.as_bytes());
-    if let Some(query) = ex.query {
-        out.push(b'?');
-        out.extend_from_slice(query.as_bytes());
-    }
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     // An HTTP/1.0 client may send no Host; HTTP/1.1 upstreams require one, so
     // name the cluster as nginx names the upstream group ($proxy_host).
-    let host = match (&route.host_rewrite, ex.host) {
-        (Some(rewrite), _) => rewrite.as_str(),
-        (None, "") => &route.cluster.name,
-        (None, host) => host,
-    };
+    let host = if host.is_empty() { &*route.cluster.name } else { host };
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
     let forwarded = ex.snapshot.http.forwarded_headers;
     let mut forwarded_for: Option<Vec<u8>> = None;
-    for header in &head.headers {
-        let name = header.name(raw);
-        let value = header.value(raw);
+    for (name, value) in headers {
         let is = |other: &str| name.eq_ignore_ascii_case(other.as_bytes());
         if is("host") || is("expect") || is_hop_by_hop(name, &head.connection.listed) {
             if is("transfer-encoding") {
@@ -398,10 +454,9 @@ fn build_request_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute) 
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
-fn is_hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
+pub(super) fn is_hop_by_hop(name: &[u8], listed: &[Vec<u8>]) -> bool {
     HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_bytes()))
         || listed.iter().any(|listed| name.eq_ignore_ascii_case(listed))
 }
@@ -490,6 +545,9 @@ async fn exchange(
             upgraded: true,
             ..Forwarded::default()
         });
+    }
+    if ex.plugins.is_some() {
+        return super::filtered::forward_response(ex, conn, upstream, &response, route).await;
     }
     forward_response(ex, conn, upstream, &response, route).await
 }
@@ -733,7 +791,7 @@ async fn forward_response(
 }
 
 /// Whether the upstream connection can carry another request after this response.
-fn definite_upstream(response: &ResponseHead) -> bool {
+pub(super) fn definite_upstream(response: &ResponseHead) -> bool {
     response.framing != BodyFraming::UntilClose
         && !response.connection.close
         && (response.minor_version == 1 || response.connection.keep_alive)

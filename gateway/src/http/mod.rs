@@ -3,6 +3,7 @@
 
 mod chunked;
 mod codec;
+mod filtered;
 mod forward;
 pub(crate) mod io;
 mod proxy;
@@ -40,6 +41,9 @@ pub enum HttpError {
     NoHealthyUpstream,
     #[error("upstream timed out")]
     GatewayTimeout,
+    /// A plugin failed and fails closed, or cut the stream off.
+    #[error("{reason}")]
+    Plugin { status: u16, reason: String },
 }
 
 impl HttpError {
@@ -56,6 +60,7 @@ impl HttpError {
             HttpError::NoHealthyUpstream => 503,
             HttpError::GatewayTimeout => 504,
             HttpError::VersionNotSupported => 505,
+            HttpError::Plugin { status, .. } => *status,
         }
     }
 }

@@ -12,6 +12,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use super::codec::{parse_request, RequestHead, RequestLimits, MAX_HEADERS};
+use super::filtered;
 use super::forward::{self, Forwarded};
 use super::io::{ClientStream, READ_CHUNK};
 use super::respond::{self, Generated};
@@ -19,6 +20,7 @@ use super::{BodyFraming, HttpError};
 use crate::accesslog::AccessEntry;
 use crate::config::{ListenerSettings, Snapshot};
 use crate::listener::Worker;
+use crate::plugin::{StreamChain, StreamData, StreamProperties, TlsInfo};
 use crate::route::{Route, RouteAction};
 use crate::upstream::UpstreamConn;
 
@@ -26,6 +28,8 @@ use crate::upstream::UpstreamConn;
 pub struct ClientConn {
     pub stream: ClientStream,
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: Option<SocketAddr>,
     /// Bytes received and not consumed yet: body bytes, pipelined requests.
     pub buf: Vec<u8>,
     /// Scratch for what is written to either side.
@@ -53,6 +57,8 @@ pub struct Exchange<'a> {
     pub client_timeout: Duration,
     /// The client may send another request after this one.
     pub client_keep_alive: bool,
+    /// The plugins this request runs through, when its route has any.
+    pub plugins: Option<StreamChain>,
 }
 
 /// How long a closing TLS connection may take to send close_notify.
@@ -66,6 +72,7 @@ enum NextHead {
 
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, listener: Arc<str>) {
     let tracker = worker.track_connection(&stream);
+    let local = stream.local_addr().ok();
     let listener_tls = worker.snapshot().listener_tls.get(&*listener).cloned();
     let stream = match listener_tls {
         None => ClientStream::Plain(stream),
@@ -89,6 +96,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
     let mut conn = ClientConn {
         stream,
         peer,
+        local,
         buf: Vec::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(READ_CHUNK),
         upstream_buf: Vec::with_capacity(READ_CHUNK),
@@ -220,7 +228,11 @@ async fn serve_request(
         max_body_bytes: route.and_then(|r| r.max_body_bytes),
         client_timeout: settings.body_timeout,
         client_keep_alive: head.wants_keep_alive() && !last,
+        plugins: None,
     };
+    if let Some(route) = route {
+        ex.plugins = start_plugins(&ex, conn, route);
+    }
     worker.stats.request();
     let (result, tunnel) = match route {
         None => (answer_error(&ex, conn, HttpError::NotFound).await, None),
@@ -255,8 +267,55 @@ async fn serve_request(
     }
 }
 
+/// The plugin chain of a request on a proxy route that has plugins.
+fn start_plugins(ex: &Exchange<'_>, conn: &ClientConn, route: &Route) -> Option<StreamChain> {
+    let RouteAction::Proxy(proxy) = &route.action else {
+        return None;
+    };
+    let plugins = ex.snapshot.plugin_config.route(&route.host_name, &route.name)?;
+    let tls = match &conn.stream {
+        ClientStream::Tls(stream) => {
+            let (version, cipher, sni) = stream.session_facts();
+            Some(TlsInfo {
+                version: version.to_string(),
+                cipher,
+                sni,
+                peer_subject: None,
+            })
+        }
+        ClientStream::Plain(_) => None,
+    };
+    let data = StreamData {
+        request_headers: filtered::request_header_map(ex),
+        properties: StreamProperties {
+            request_id: ex.request_id.to_string(),
+            protocol: if ex.head.minor_version == 0 {
+                "HTTP/1.0"
+            } else {
+                "HTTP/1.1"
+            },
+            scheme: ex.scheme,
+            source: Some(conn.peer),
+            destination: conn.local,
+            route_name: route.name.to_string(),
+            cluster_name: proxy.cluster.name.to_string(),
+            host_name: route.host_name.to_string(),
+            tls,
+            start_time: SystemTime::now(),
+        },
+        ..StreamData::default()
+    };
+    Some(StreamChain::start(
+        ex.snapshot.plugins.for_route(plugins),
+        ex.worker.index,
+        data,
+        plugins.max_buffered_body_bytes,
+    ))
+}
+
 async fn dispatch(ex: &mut Exchange<'_>, conn: &mut ClientConn, route: &Route) -> (Forwarded, Option<UpstreamConn>) {
     match &route.action {
+        RouteAction::Proxy(proxy) if ex.plugins.is_some() => filtered::proxy(ex, conn, proxy).await,
         RouteAction::Proxy(proxy) => match forward::proxy(ex, conn, proxy).await {
             Ok(done) => done,
             Err(error) => (answer_error(ex, conn, error).await, None),
@@ -283,7 +342,7 @@ async fn dispatch(ex: &mut Exchange<'_>, conn: &mut ClientConn, route: &Route) -
 
 /// Writes a generated response. The connection stays open only when the
 /// request carried no body, which Tollgate would otherwise have to drain.
-async fn answer(ex: &Exchange<'_>, conn: &mut ClientConn, mut response: Generated<'_>) -> Forwarded {
+pub(super) async fn answer(ex: &Exchange<'_>, conn: &mut ClientConn, mut response: Generated<'_>) -> Forwarded {
     let keep = ex.client_keep_alive && ex.head.framing == BodyFraming::None;
     response.close = !keep;
     response.keep_alive_1_0 = keep && ex.head.minor_version == 0;
@@ -305,7 +364,7 @@ async fn answer(ex: &Exchange<'_>, conn: &mut ClientConn, mut response: Generate
     }
 }
 
-async fn answer_error(ex: &Exchange<'_>, conn: &mut ClientConn, error: HttpError) -> Forwarded {
+pub(super) async fn answer_error(ex: &Exchange<'_>, conn: &mut ClientConn, error: HttpError) -> Forwarded {
     let status = error.status();
     let body = respond::error_body(status, &error.to_string());
     let response = Generated::new(status, respond::TEXT_PLAIN, body.as_bytes());

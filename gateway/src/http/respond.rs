@@ -53,7 +53,21 @@ pub struct Generated<'a> {
     pub hsts: Option<&'a str>,
     /// HEAD: headers only.
     pub head_only: bool,
+    /// More headers (a plugin's local response); framing and connection
+    /// headers among them are ignored, Tollgate writes its own.
+    pub extra_headers: &'a [(Vec<u8>, Vec<u8>)],
 }
+
+/// Headers a generated response always writes itself.
+const OWN_HEADERS: &[&[u8]] = &[
+    b"content-length",
+    b"content-type",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"date",
+    b"server",
+];
 
 impl<'a> Generated<'a> {
     /// A response with no extra headers that closes the connection; callers
@@ -69,6 +83,7 @@ impl<'a> Generated<'a> {
             request_id: None,
             hsts: None,
             head_only: false,
+            extra_headers: &[],
         }
     }
 
@@ -91,6 +106,20 @@ impl<'a> Generated<'a> {
         }
         if let Some(hsts) = self.hsts {
             let _ = write!(head, "Strict-Transport-Security: {hsts}\r\n");
+        }
+        for (name, value) in self.extra_headers {
+            let own = OWN_HEADERS.iter().any(|own| name.eq_ignore_ascii_case(own));
+            // Names and values that would split the head are dropped, not written.
+            let valid = !name.is_empty()
+                && name.iter().all(|&b| b.is_ascii_graphic() && b != b':')
+                && !value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+            if own || !valid {
+                continue;
+            }
+            head.push_str(&String::from_utf8_lossy(name));
+            head.push_str(": ");
+            head.push_str(&String::from_utf8_lossy(value));
+            head.push_str("\r\n");
         }
         if self.close {
             head.push_str("Connection: close\r\n");

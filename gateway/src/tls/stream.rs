@@ -155,6 +155,19 @@ fn feed(incoming: &mut Vec<u8>, mut read_tls: impl FnMut(&mut &[u8]) -> io::Resu
 }
 
 impl TlsStream {
+    /// Version, cipher suite and SNI of the finished handshake, as plugins
+    /// read them through the `connection.*` properties.
+    pub fn session_facts(&self) -> (&'static str, String, String) {
+        let cipher = self
+            .conn
+            .negotiated_cipher_suite()
+            .and_then(|suite| suite.suite().as_str())
+            .unwrap_or_default()
+            .to_string();
+        let sni = self.conn.server_name().unwrap_or_default().to_string();
+        (self.protocol_label(), cipher, sni)
+    }
+
     pub fn protocol_label(&self) -> &'static str {
         match self.conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",

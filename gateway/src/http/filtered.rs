@@ -1,0 +1,475 @@
+//! The exchange of a request whose route runs plugins. The request side is
+//! materialized for them: headers become a proxy-wasm header map (with
+//! `:method`, `:path`, `:authority`, `:scheme`), the body passes through the
+//! body callbacks chunk by chunk and what they let through is held (up to the
+//! route's `max_buffered_body_bytes`) and sent upstream with an exact
+//! Content-Length, which keeps the request replayable for retries. The
+//! response streams: its head goes through the header callbacks, then each
+//! body chunk through the body callbacks on its way to the client, framed
+//! with Content-Length when the plugins kept it, chunked otherwise.
+//! See LIFECYCLE.md beside this file.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use super::codec::{BodyFraming, ResponseHead};
+use super::forward::{self, definite_upstream, is_hop_by_hop, write_request_head, Failure, Forwarded};
+use super::io::read_more;
+use super::proxy::{answer, answer_error, ClientConn, Exchange};
+use super::respond::{self, Generated};
+use super::{ChunkedDecoder, HttpError};
+use crate::config::Snapshot;
+use crate::listener::Worker;
+use crate::plugin::{CallTargets, Direction, HeaderMap, LocalResponse, StreamChain, Verdict};
+use crate::route::ProxyRoute;
+use crate::upstream::UpstreamConn;
+
+/// Where plugin calls from a worker go: the cluster's balancer on this worker.
+pub struct WorkerTargets<'a> {
+    pub worker: &'a Worker,
+    pub snapshot: &'a Snapshot,
+}
+
+impl CallTargets for WorkerTargets<'_> {
+    fn endpoint(&self, cluster: &str) -> Option<SocketAddr> {
+        let cluster = self.snapshot.clusters.get(cluster)?;
+        let endpoint = self.worker.balancer.borrow_mut().pick(cluster, 0, &[])?;
+        Some(endpoint.addr)
+    }
+}
+
+/// The request headers as plugins see them: pseudo-headers first, then the
+/// client's end-to-end headers with lower-case names.
+pub fn request_header_map(ex: &Exchange<'_>) -> HeaderMap {
+    let raw = ex.raw;
+    let head = ex.head;
+    let mut map = Vec::with_capacity(head.headers.len() + 4);
+    map.push((b":method".to_vec(), head.method(raw).as_bytes().to_vec()));
+    map.push((b":path".to_vec(), head.path_and_query(raw).as_bytes().to_vec()));
+    map.push((b":authority".to_vec(), ex.host.as_bytes().to_vec()));
+    map.push((b":scheme".to_vec(), ex.scheme.as_bytes().to_vec()));
+    for header in &head.headers {
+        let name = header.name(raw);
+        if is_hop_by_hop(name, &head.connection.listed) || name.eq_ignore_ascii_case(b"host") {
+            continue;
+        }
+        map.push((name.to_ascii_lowercase(), header.value(raw).to_vec()));
+    }
+    map
+}
+
+fn pseudo<'m>(map: &'m HeaderMap, name: &[u8]) -> Option<&'m [u8]> {
+    map.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+}
+
+/// Runs the request side through the plugins and proxies what they produce.
+pub async fn proxy(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    route: &ProxyRoute,
+) -> (Forwarded, Option<UpstreamConn>) {
+    let targets = WorkerTargets {
+        worker: ex.worker,
+        snapshot: ex.snapshot,
+    };
+    let has_body = ex.head.framing != BodyFraming::None;
+    let verdict = {
+        let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
+        match chain.start_failure() {
+            Some(verdict) => verdict,
+            None => chain.request_headers(&targets, !has_body).await,
+        }
+    };
+    if !matches!(verdict, Verdict::Continue) {
+        return (answer_verdict(ex, conn, verdict).await, None);
+    }
+    let body = if has_body {
+        match filter_request_body(ex, conn, &targets).await {
+            Ok(body) => body,
+            Err(verdict) => return (answer_verdict(ex, conn, verdict).await, None),
+        }
+    } else {
+        Vec::new()
+    };
+    let head = upstream_head(ex, conn, route, has_body || !body.is_empty(), body.len());
+    let body_len = body.len();
+    conn.buf.splice(0..0, body);
+    match forward::proxy_buffered(ex, conn, route, head, body_len).await {
+        Ok(done) => done,
+        Err(error) => (answer_error(ex, conn, error).await, None),
+    }
+}
+
+/// Reads the whole request body from the client through the body callbacks
+/// and returns what they let through. `conn.buf` keeps what follows it.
+async fn filter_request_body(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    targets: &WorkerTargets<'_>,
+) -> Result<Vec<u8>, Verdict> {
+    let too_large = |reason: &str| Verdict::Fail {
+        status: 413,
+        reason: reason.to_string(),
+    };
+    if ex.head.expect_continue {
+        conn.out.clear();
+        conn.out.extend_from_slice(respond::CONTINUE);
+        if conn.stream.write_all(&mut conn.out, ex.client_timeout).await.is_err() {
+            return Err(Verdict::Close);
+        }
+    }
+    let limit = ex.plugins.as_ref().map_or(0, StreamChain::max_buffered);
+    let mut remaining = match ex.head.framing {
+        BodyFraming::ContentLength(length) => length,
+        _ => 0,
+    };
+    let mut decoder = ChunkedDecoder::new();
+    let mut received = 0u64;
+    let mut passed = Vec::new();
+    loop {
+        let mut data = Vec::new();
+        let done = match ex.head.framing {
+            BodyFraming::ContentLength(_) => {
+                let take = (conn.buf.len() as u64).min(remaining) as usize;
+                data.extend(conn.buf.drain(..take));
+                remaining -= take as u64;
+                remaining == 0
+            }
+            BodyFraming::Chunked => {
+                let buf = &conn.buf;
+                let decoded = decoder
+                    .decode(buf, |range| data.extend_from_slice(&buf[range]))
+                    .map_err(|error| Verdict::Fail {
+                        status: error.status(),
+                        reason: error.to_string(),
+                    })?;
+                conn.buf.drain(..decoded.consumed);
+                decoded.done
+            }
+            BodyFraming::None | BodyFraming::UntilClose => true,
+        };
+        received += data.len() as u64;
+        if ex.max_body_bytes.is_some_and(|max| received > max) {
+            return Err(too_large("request body larger than the route's max_body_bytes"));
+        }
+        if !data.is_empty() || done {
+            let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
+            let out = chain.body(targets, Direction::Request, data, done).await?;
+            passed.extend_from_slice(&out);
+            if passed.len() as u64 > limit {
+                return Err(too_large(
+                    "request body larger than the route's max_buffered_body_bytes",
+                ));
+            }
+        }
+        if done {
+            return Ok(passed);
+        }
+        match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
+            Ok(0) | Err(_) => return Err(Verdict::Close),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The upstream request head from the plugins' header map: `:method`,
+/// `:path` (the route's prefix rewrite still applies) and `:authority`
+/// (unless the route rewrites the host), and an exact Content-Length.
+fn upstream_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute, framed: bool, body_len: usize) -> Vec<u8> {
+    let map = &ex
+        .plugins
+        .as_ref()
+        .expect("a filtered exchange has a plugin chain")
+        .data
+        .request_headers;
+    let method = pseudo(map, b":method").unwrap_or(b"GET");
+    let path = String::from_utf8_lossy(pseudo(map, b":path").unwrap_or(b"/")).into_owned();
+    let target = match path.split_once('?') {
+        Some((path, query)) => format!("{}?{query}", route.upstream_path(path)),
+        None => route.upstream_path(&path).into_owned(),
+    };
+    let authority = String::from_utf8_lossy(pseudo(map, b":authority").unwrap_or(ex.host.as_bytes())).into_owned();
+    let host = route.host_rewrite.as_deref().unwrap_or(&authority);
+    let length = body_len.to_string();
+    let content_length = framed.then_some((&b"content-length"[..], length.as_bytes()));
+    let headers = map
+        .iter()
+        .filter(|(name, value)| {
+            name.first() != Some(&b':')
+                && !name.eq_ignore_ascii_case(b"content-length")
+                && !name.eq_ignore_ascii_case(b"transfer-encoding")
+                && !name.iter().chain(value).any(|&b| b == b'\r' || b == b'\n')
+        })
+        .map(|(name, value)| (name.as_slice(), value.as_slice()))
+        .chain(content_length);
+    let mut out = Vec::with_capacity(512);
+    write_request_head(&mut out, ex, conn, route, method, &target, host, headers);
+    out
+}
+
+/// Answers the client for a verdict that ends the stream early.
+async fn answer_verdict(ex: &Exchange<'_>, conn: &mut ClientConn, verdict: Verdict) -> Forwarded {
+    match verdict {
+        Verdict::Continue => unreachable!("a continuing stream is not answered here"),
+        Verdict::Respond(local) => answer_local(ex, conn, &local).await,
+        Verdict::Fail { status, reason } => {
+            tracing::debug!(status, %reason, "plugin chain failed the request");
+            answer_error(ex, conn, HttpError::Plugin { status, reason }).await
+        }
+        Verdict::Close => Forwarded {
+            status: 499,
+            ..Forwarded::default()
+        },
+    }
+}
+
+/// Writes a plugin's `send_local_response`.
+async fn answer_local(ex: &Exchange<'_>, conn: &mut ClientConn, local: &LocalResponse) -> Forwarded {
+    let content_type = local
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"content-type"))
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .unwrap_or(respond::TEXT_PLAIN);
+    let status = if (200..=599).contains(&local.status) {
+        local.status
+    } else {
+        500
+    };
+    let response = Generated {
+        head_only: ex.head.method(ex.raw) == "HEAD",
+        extra_headers: &local.headers,
+        ..Generated::new(status, content_type, &local.body)
+    };
+    let mut done = answer(ex, conn, response).await;
+    // The request body (if any) was not read: the connection cannot go on.
+    if ex.head.framing != BodyFraming::None {
+        done.keep_client = false;
+    }
+    done
+}
+
+/// How the response body travels to the client after the plugins saw the head.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientFraming {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Runs the response through the plugins on its way to the client.
+pub(super) async fn forward_response(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    upstream: &mut UpstreamConn,
+    response: &ResponseHead,
+    route: &ProxyRoute,
+) -> Result<Forwarded, Failure> {
+    let targets = WorkerTargets {
+        worker: ex.worker,
+        snapshot: ex.snapshot,
+    };
+    let has_body = response.framing != BodyFraming::None;
+    let verdict = {
+        let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
+        let raw = &conn.upstream_buf;
+        let mut map = Vec::with_capacity(response.headers.len() + 1);
+        map.push((b":status".to_vec(), response.status.to_string().into_bytes()));
+        for header in &response.headers {
+            let name = header.name(raw);
+            if !is_hop_by_hop(name, &response.connection.listed) {
+                map.push((name.to_ascii_lowercase(), header.value(raw).to_vec()));
+            }
+        }
+        chain.data.response_headers = map;
+        chain.response_headers(&targets, !has_body).await
+    };
+    if !matches!(verdict, Verdict::Continue) {
+        let mut done = answer_verdict(ex, conn, verdict).await;
+        done.reuse_upstream = false;
+        return Ok(done);
+    }
+    let client_1_0 = ex.head.minor_version == 0;
+    let is_head = ex.head.method(ex.raw) == "HEAD";
+    let (status, framing) = {
+        let map = &ex.plugins.as_ref().expect("chain").data.response_headers;
+        let status = pseudo(map, b":status")
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| (200..=599).contains(s))
+            .unwrap_or(response.status);
+        let length = pseudo(map, b"content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let framing = match (has_body, length) {
+            (false, _) => ClientFraming::None,
+            (true, Some(length)) => ClientFraming::Length(length),
+            (true, None) if client_1_0 => ClientFraming::UntilClose,
+            (true, None) => ClientFraming::Chunked,
+        };
+        (status, framing)
+    };
+    let keep_client = framing != ClientFraming::UntilClose && ex.client_keep_alive;
+    write_filtered_head(ex, conn, status, framing, !keep_client);
+    let mut head_pending = true;
+    let mut sent_body = 0u64;
+    let mut pos = response.len;
+    let mut remaining = match response.framing {
+        BodyFraming::ContentLength(length) => length,
+        _ => 0,
+    };
+    let mut decoder = ChunkedDecoder::new();
+    let mut finished = !has_body;
+    loop {
+        let available = &conn.upstream_buf[pos..];
+        let mut data = Vec::new();
+        match response.framing {
+            BodyFraming::None => {}
+            BodyFraming::ContentLength(_) => {
+                let take = (available.len() as u64).min(remaining) as usize;
+                remaining -= take as u64;
+                finished = remaining == 0;
+                data.extend_from_slice(&available[..take]);
+                pos += take;
+            }
+            BodyFraming::Chunked => {
+                let decoded = decoder
+                    .decode(available, |range| data.extend_from_slice(&available[range]))
+                    .map_err(|_| Failure::Upstream(HttpError::BadGateway("malformed chunked response")))?;
+                finished = decoded.done;
+                pos += decoded.consumed;
+            }
+            BodyFraming::UntilClose => {
+                data.extend_from_slice(available);
+                pos += available.len();
+            }
+        }
+        if has_body && (!data.is_empty() || finished) {
+            let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
+            match chain.body(&targets, Direction::Response, data, finished).await {
+                Ok(out) => {
+                    sent_body += out.len() as u64;
+                    if !is_head {
+                        encode_body(&mut conn.out, framing, &out, finished);
+                    }
+                }
+                // The head may be out already: all that is left is to cut the client off.
+                Err(verdict) => {
+                    tracing::debug!(?verdict, "plugin chain stopped the response body");
+                    let _ = conn.stream.write_all(&mut conn.out, ex.client_timeout).await;
+                    return Ok(Forwarded {
+                        status,
+                        ..Forwarded::default()
+                    });
+                }
+            }
+        }
+        if !conn.out.is_empty() || head_pending {
+            head_pending = false;
+            if conn.stream.write_all(&mut conn.out, ex.client_timeout).await.is_err() {
+                return Err(Failure::Client);
+            }
+            conn.out.clear();
+        }
+        if finished {
+            break;
+        }
+        conn.upstream_buf.clear();
+        pos = 0;
+        match read_more(&mut upstream.stream, &mut conn.upstream_buf, route.read_timeout).await {
+            Ok(0) if response.framing == BodyFraming::UntilClose => finished = true,
+            Ok(0) | Err(_) => {
+                return Ok(Forwarded {
+                    status,
+                    bytes_sent: sent_body,
+                    ..Forwarded::default()
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+    // A plugin that rewrote the body but kept a Content-Length that no longer
+    // matches leaves the client unable to find the next response.
+    let length_kept = match framing {
+        ClientFraming::Length(length) => is_head || length == sent_body,
+        _ => true,
+    };
+    Ok(Forwarded {
+        status,
+        bytes_sent: sent_body,
+        keep_client: keep_client && length_kept,
+        reuse_upstream: definite_upstream(response) && pos == conn.upstream_buf.len(),
+        ..Forwarded::default()
+    })
+}
+
+fn encode_body(out: &mut Vec<u8>, framing: ClientFraming, data: &[u8], finished: bool) {
+    match framing {
+        ClientFraming::None => {}
+        ClientFraming::Length(_) | ClientFraming::UntilClose => out.extend_from_slice(data),
+        ClientFraming::Chunked => {
+            if !data.is_empty() {
+                let _ = write!(out, "{:x}\r\n", data.len());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+            if finished {
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+    }
+}
+
+/// Writes the response head from the plugins' header map into `conn.out`.
+fn write_filtered_head(ex: &Exchange<'_>, conn: &mut ClientConn, status: u16, framing: ClientFraming, close: bool) {
+    let map = &ex
+        .plugins
+        .as_ref()
+        .expect("a filtered exchange has a plugin chain")
+        .data
+        .response_headers;
+    let out = &mut conn.out;
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", respond::reason(status));
+    let (mut has_date, mut has_hsts) = (false, false);
+    for (name, value) in map {
+        if name.first() == Some(&b':')
+            || name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"connection")
+            || name.iter().chain(value).any(|&b| b == b'\r' || b == b'\n')
+        {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        has_hsts |= name.eq_ignore_ascii_case(b"strict-transport-security");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ClientFraming::Length(length) => {
+            let _ = write!(out, "Content-Length: {length}\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::None | ClientFraming::UntilClose => {}
+    }
+    if !has_date {
+        let _ = write!(
+            out,
+            "Date: {}\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        );
+    }
+    if let Some(hsts) = ex.hsts.filter(|_| !has_hsts) {
+        let _ = write!(out, "Strict-Transport-Security: {hsts}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if ex.head.minor_version == 0 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
