@@ -55,7 +55,7 @@ use super::abi::{self, HostState, Status};
 
 /// Bytes of the operand/frame stack WAMR gives each exec env (the guest's own
 /// shadow stack lives in its linear memory).
-const WASM_STACK_BYTES: u32 = 64 * 1024;
+const WASM_STACK_BYTES: u32 = 128 * 1024;
 const ERROR_BUF: usize = 256;
 const WASM_PAGE: u64 = 64 * 1024;
 
@@ -288,6 +288,11 @@ pub(super) struct Func {
     pub params: u32,
     pub results: u32,
 }
+
+// SAFETY (invariant 4): a Func is a handle into one instance and is used only
+// with that instance, through `Instance::call(&mut self)`; it moves between
+// threads together with the instance.
+unsafe impl Send for Func {}
 
 /// Identifies an instance to the watchdog.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -7,13 +7,17 @@ use super::{deserialize_map, map_type, serialize_map, serialized_map_size, HostR
 use crate::plugin::instance::HeaderMap;
 use crate::plugin::vm::Caller;
 
-/// A readable copy of map `map`; None when it does not exist here.
-fn read_map(state: &mut HostState, map: u32) -> Result<Option<HeaderMap>, Status> {
+/// Runs `f` on map `map` for reading; Ok(None) when it does not exist here.
+fn read_map<T>(state: &mut HostState, map: u32, f: impl FnOnce(&HeaderMap) -> T) -> Result<Option<T>, Status> {
     Ok(match map {
-        map_type::HTTP_CALL_RESPONSE_HEADERS => state.http_response.as_ref().map(|r| r.headers.clone()),
-        map_type::HTTP_CALL_RESPONSE_TRAILERS => state.http_response.as_ref().map(|r| r.trailers.clone()),
+        map_type::HTTP_CALL_RESPONSE_HEADERS => state.http_response.as_ref().map(|r| f(&r.headers)),
+        map_type::HTTP_CALL_RESPONSE_TRAILERS => state.http_response.as_ref().map(|r| f(&r.trailers)),
         map_type::GRPC_INITIAL_METADATA | map_type::GRPC_TRAILING_METADATA => None,
-        _ => with_stream_map(state, map, |m| m.clone()).ok(),
+        _ => match with_stream_map(state, map, |m| f(m)) {
+            Ok(value) => Some(value),
+            Err(Status::NotFound) => None,
+            Err(status) => return Err(status),
+        },
     })
 }
 
@@ -44,8 +48,8 @@ fn lower(key: Vec<u8>) -> Vec<u8> {
 /// proxy_get_header_map_pairs: the whole map in the wire format; an empty map
 /// where none exists (the SDKs accept only Ok here).
 pub(super) fn get_pairs(c: &Caller, map: u32, rpp: u32, rsp: u32) -> HostResult {
-    let pairs = read_map(&mut *c.state()?, map)?.unwrap_or_default();
-    c.return_bytes(&serialize_map(&pairs), rpp, rsp)
+    let bytes = read_map(&mut *c.state()?, map, |m| serialize_map(m))?.unwrap_or_else(|| serialize_map(&[]));
+    c.return_bytes(&bytes, rpp, rsp)
 }
 
 pub(super) fn set_pairs(c: &Caller, map: u32, p: u32, l: u32) -> HostResult {
@@ -58,15 +62,13 @@ pub(super) fn set_pairs(c: &Caller, map: u32, p: u32, l: u32) -> HostResult {
 
 pub(super) fn get_value(c: &Caller, map: u32, kp: u32, kl: u32, rpp: u32, rsp: u32) -> HostResult {
     let key = c.read(kp, kl)?;
-    let value = {
-        let mut state = c.state()?;
-        let pairs = read_map(&mut state, map)?.ok_or(Status::NotFound)?;
-        pairs
-            .into_iter()
+    let value = read_map(&mut *c.state()?, map, |m| {
+        m.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(&key))
-            .map(|(_, v)| v)
-            .ok_or(Status::NotFound)?
-    };
+            .map(|(_, v)| v.clone())
+    })?
+    .flatten()
+    .ok_or(Status::NotFound)?;
     c.return_bytes(&value, rpp, rsp)
 }
 
@@ -107,9 +109,6 @@ pub(super) fn remove_value(c: &Caller, map: u32, kp: u32, kl: u32) -> HostResult
 
 /// proxy_get_header_map_size: the size of the serialised map.
 pub(super) fn get_size(c: &Caller, map: u32, rsp: u32) -> HostResult {
-    let size = {
-        let mut state = c.state()?;
-        read_map(&mut state, map)?.map_or(4, |m| serialized_map_size(&m))
-    };
+    let size = read_map(&mut *c.state()?, map, |m| serialized_map_size(m))?.unwrap_or(4);
     c.write_u32(rsp, size as u32)
 }
