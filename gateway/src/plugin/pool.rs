@@ -26,8 +26,9 @@ use super::vm::PluginModule;
 use crate::config::FailStrategy;
 use crate::metrics::{self, PluginStats};
 
-/// First wait before an instance that faulted is recreated; doubles per
-/// consecutive failure up to `MAX_BACKOFF`.
+/// An instance that faulted once is recreated on the next housekeeping sweep;
+/// after that the wait starts here and doubles per consecutive failure up to
+/// `MAX_BACKOFF`, so a plugin that faults on every call costs little.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// An instance that ran this long without a fault resets the backoff.
@@ -415,7 +416,10 @@ impl LoadedPlugin {
 }
 
 fn backoff(failures: u32) -> Duration {
-    FIRST_BACKOFF.saturating_mul(1 << failures.min(16)).min(MAX_BACKOFF)
+    match failures {
+        0 => Duration::ZERO,
+        n => FIRST_BACKOFF.saturating_mul(1 << (n - 1).min(16)).min(MAX_BACKOFF),
+    }
 }
 
 /// A panic while a slot was locked cannot leave the instance half-called
@@ -478,8 +482,9 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(0), FIRST_BACKOFF);
-        assert_eq!(backoff(3), FIRST_BACKOFF * 8);
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), FIRST_BACKOFF);
+        assert_eq!(backoff(4), FIRST_BACKOFF * 8);
         assert_eq!(backoff(40), MAX_BACKOFF);
     }
 }
