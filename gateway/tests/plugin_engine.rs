@@ -661,3 +661,149 @@ fn sdk_probe_plugin_runs_in_the_interpreter_and_as_aot() {
     std::fs::remove_dir_all(&dir).ok();
     exercise_probe(&Arc::new(module));
 }
+
+/// A test plugin built by `cargo build --target wasm32-wasip1 --release -p <crate>`, when it has been built.
+fn test_plugin(file: &str) -> Option<Arc<PluginModule>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip1/release")
+        .join(file);
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(Arc::new(PluginModule::load(bytes).unwrap())),
+        Err(_) => {
+            eprintln!("{} not built: skipping", path.display());
+            None
+        }
+    }
+}
+
+fn start_with(module: &Arc<PluginModule>, name: &str, config: &str, max_memory: u64) -> PluginInstance {
+    let mut s = settings(name);
+    s.plugin_configuration = config.as_bytes().to_vec();
+    s.max_memory_bytes = max_memory;
+    PluginInstance::start(module, &s).unwrap()
+}
+
+#[test]
+fn sdk_alloc_plugin_hits_the_memory_cap_as_a_memory_fault() {
+    let Some(module) = test_plugin("test_alloc.wasm") else {
+        return;
+    };
+    let mut instance = start_with(&module, "test-alloc", "{}", 8 << 20);
+    let ctx = instance.create_stream().unwrap();
+    let fault = instance.on_request_headers(ctx, &mut request(""), true).unwrap_err();
+    assert_eq!(fault.kind, FaultKind::Memory, "{fault}");
+    assert!(instance.memory_bytes() <= 8 << 20);
+}
+
+#[test]
+fn sdk_trap_and_loop_plugins_fault() {
+    if let Some(module) = test_plugin("test_trap.wasm") {
+        let mut instance = start_with(&module, "test-trap", r#"{"on": "response_headers"}"#, 16 << 20);
+        let ctx = instance.create_stream().unwrap();
+        let mut s = request("");
+        assert_eq!(
+            instance.on_request_headers(ctx, &mut s, true).unwrap(),
+            Action::Continue
+        );
+        let fault = instance.on_response_headers(ctx, &mut s, true).unwrap_err();
+        assert_eq!(fault.kind, FaultKind::Trap, "{fault}");
+        let mut bad = settings("test-trap");
+        bad.plugin_configuration = br#"{"on": "configure"}"#.to_vec();
+        let err = PluginInstance::start(&module, &bad).unwrap_err();
+        assert!(err.contains("proxy_on_configure failed: trap"), "{err}");
+    }
+    if let Some(module) = test_plugin("test_loop.wasm") {
+        let mut instance = start_with(&module, "test-loop", r#"{"on": "request_headers"}"#, 16 << 20);
+        let ctx = instance.create_stream().unwrap();
+        let started = Instant::now();
+        let fault = instance.on_request_headers(ctx, &mut request(""), true).unwrap_err();
+        assert_eq!(fault.kind, FaultKind::Timeout, "{fault}");
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn sdk_unknown_import_traps_only_when_called_and_grpc_is_refused_softly() {
+    let Some(module) = test_plugin("test_unknown_import.wasm") else {
+        return;
+    };
+    let mut instance = start_with(&module, "test-unknown-import", r#"{"call_unknown": false}"#, 16 << 20);
+    let ctx = instance.create_stream().unwrap();
+    let mut s = request("");
+    assert_eq!(
+        instance.on_request_headers(ctx, &mut s, true).unwrap(),
+        Action::Continue
+    );
+    instance.on_response_headers(ctx, &mut s, true).unwrap();
+    // InternalFailure: an error the SDK's dispatch_grpc_call accepts without panicking.
+    assert_eq!(header(&s.response_headers, "x-grpc-status"), Some(&b"10"[..]));
+
+    let mut instance = start_with(&module, "test-unknown-import", "{}", 16 << 20);
+    let ctx = instance.create_stream().unwrap();
+    let fault = instance.on_request_headers(ctx, &mut request(""), true).unwrap_err();
+    assert_eq!(fault.kind, FaultKind::Trap);
+    assert!(fault.message.contains("unlinked import"), "{fault}");
+}
+
+/// Log output of the whole test process (the subscriber is process-global).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+#[test]
+fn wasi_stdout_and_proxy_log_reach_the_gateway_log() {
+    let captured = Captured::default();
+    tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_max_level(tracing::Level::INFO)
+        .init();
+    let module = module(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 0x300) "\10\03\00\00\15\00\00\00")
+          (data (i32.const 0x310) "wasi says hello 1234\n")
+          (data (i32.const 0x340) "proxy_log says hi")
+          (func (export "proxy_abi_version_0_2_1"))
+          (func (export "malloc") (param i32) (result i32) i32.const 0x1000)
+          (func (export "proxy_on_context_create") (param i32 i32))
+          (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+            (drop (call $fd_write (i32.const 1) (i32.const 0x300) (i32.const 1) (i32.const 0x3f0)))
+            (drop (call $fd_write (i32.const 2) (i32.const 0x300) (i32.const 1) (i32.const 0x3f0)))
+            (drop (call $log (i32.const 3) (i32.const 0x340) (i32.const 17)))
+            i32.const 1))"#,
+    );
+    PluginInstance::start(&module, &settings("engine-wasi")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        let stdout_lines = text.matches("wasi says hello 1234").count();
+        if stdout_lines == 2 && text.contains("proxy_log says hi") {
+            assert!(text.contains("engine-wasi"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "plugin output missing from the log: {text}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -549,16 +549,17 @@ impl PluginInstance {
         Err(fault)
     }
 
-    /// Trap or memory exhaustion: WAMR's "allocate memory failed", or a trap
-    /// (the allocator's abort) while linear memory sits at its cap.
+    /// Trap or memory exhaustion: WAMR's "allocate memory failed", or an
+    /// `unreachable` trap (the guest allocator's abort) after `memory.grow`
+    /// failed in the same call.
     fn classify(&self, message: String) -> Fault {
         let message = message
             .strip_prefix("Exception: ")
             .map(str::to_string)
             .unwrap_or(message);
         let (size, cap) = self.vm.memory();
-        let at_cap = cap > 0 && size + 64 * 1024 > cap;
-        let memory = message.contains("allocate memory failed") || (at_cap && message.contains("unreachable"));
+        let memory = message.contains("allocate memory failed")
+            || (self.vm.memory_grow_failed() && message.contains("unreachable"));
         Fault {
             kind: if memory { FaultKind::Memory } else { FaultKind::Trap },
             message: if memory {

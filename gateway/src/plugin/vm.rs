@@ -44,7 +44,7 @@
 //!    `wasm_runtime_create_exec_env`, which registers a thread-manager cluster,
 //!    so terminate reaches the running call.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -101,6 +101,10 @@ fn init_once() -> Result<(), String> {
     // SAFETY: a plain setter on the initialised runtime.
     unsafe { sys::wasm_runtime_set_log_level(sys::log_level_t::WASM_LOG_LEVEL_ERROR) };
 
+    // SAFETY: a plain setter on the initialised runtime; the callback is a
+    // 'static function that only touches the exec env's user data (invariant 6).
+    unsafe { sys::wasm_runtime_set_enlarge_mem_error_callback(Some(memory_grow_failed), std::ptr::null_mut()) };
+
     let table = abi::native_table();
     let symbols: Vec<sys::NativeSymbol> = table
         .iter()
@@ -120,6 +124,33 @@ fn init_once() -> Result<(), String> {
         return Err("registering the proxy-wasm host functions with WAMR failed".into());
     }
     Ok(())
+}
+
+/// WAMR calls this (on the thread running the guest) when `memory.grow`
+/// fails; the instance records it so a trap that follows (the guest
+/// allocator's abort) is reported as memory exhaustion.
+unsafe extern "C" fn memory_grow_failed(
+    _inc_pages: u32,
+    _current_size: u64,
+    _memory_index: u32,
+    _reason: sys::enlarge_memory_error_reason_t::Type,
+    _instance: sys::wasm_module_inst_t,
+    exec_env: sys::wasm_exec_env_t,
+    _user_data: *mut c_void,
+) {
+    if exec_env.is_null() {
+        return;
+    }
+    // SAFETY: WAMR passes the exec env of the running call; it is live now.
+    let data = unsafe { sys::wasm_runtime_get_user_data(exec_env) };
+    if data.is_null() {
+        // An exec env WAMR made itself (a start function during instantiation).
+        return;
+    }
+    // SAFETY (invariant 6): a non-null user data is the instance's HostShared,
+    // alive as long as the exec env; only the Cell is touched, from the thread
+    // that runs the instance.
+    unsafe { &*data.cast::<HostShared>() }.grow_failed.set(true);
 }
 
 fn leak_cstr(s: &str) -> *const c_char {
@@ -278,6 +309,8 @@ pub(super) struct HostShared {
     /// The guest allocator (`proxy_on_memory_allocate` or `malloc`), called
     /// re-entrantly from host functions to hand data to the guest.
     allocate: sys::wasm_function_inst_t,
+    /// Set when `memory.grow` failed during the current call.
+    grow_failed: Cell<bool>,
     pub state: RefCell<HostState>,
 }
 
@@ -369,6 +402,7 @@ impl Instance {
             exec_env,
             shared: Box::new(HostShared {
                 allocate: std::ptr::null_mut(),
+                grow_failed: Cell::new(false),
                 state: RefCell::new(state),
             }),
             module: module.clone(),
@@ -414,9 +448,15 @@ impl Instance {
         self.shared.state.borrow_mut()
     }
 
+    /// True when `memory.grow` failed since the last [`Instance::call`] began.
+    pub(super) fn memory_grow_failed(&self) -> bool {
+        self.shared.grow_failed.get()
+    }
+
     /// Calls `func` with `args` (i32 values); returns its i32 result (0 when it
     /// has none) or the instance's exception text.
     pub(super) fn call(&mut self, func: Func, args: &[u32]) -> Result<u32, String> {
+        self.shared.grow_failed.set(false);
         let mut argv = [0u32; 8];
         let argc = args.len().min(func.params as usize).min(argv.len());
         argv[..argc].copy_from_slice(&args[..argc]);
