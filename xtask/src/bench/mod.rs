@@ -6,6 +6,7 @@
 mod config;
 mod cpu;
 mod nginx;
+mod plugins;
 mod procs;
 mod proxy;
 mod tls;
@@ -27,6 +28,9 @@ pub enum Which {
     Tls,
     /// Config snapshots of 1k and 20k TLS hosts: initial load, applying 1 and 100 changed hosts, RSS.
     Config,
+    /// proxy-wasm plugins on one worker (none, header-rewrite AOT/interpreter, five AOT, CPU-heavy AOT vs
+    /// interpreter) and the VM budget at 255 workers: instances and RSS.
+    Plugins,
 }
 
 pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
@@ -34,6 +38,7 @@ pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<
         Which::Proxy => proxy::run(quick, proxy_cpu_percent),
         Which::Tls => tls::run(quick, proxy_cpu_percent),
         Which::Config => config::run(quick),
+        Which::Plugins => plugins::run(quick, proxy_cpu_percent),
     }
 }
 
