@@ -749,13 +749,15 @@ fn sdk_unknown_import_traps_only_when_called_and_grpc_is_refused_softly() {
     assert!(fault.message.contains("unlinked import"), "{fault}");
 }
 
-/// Log output of the whole test process (the subscriber is process-global).
+/// Log output of the whole test process (the subscriber is process-global);
+/// writers signal the condvar.
 #[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+struct Captured(Arc<(std::sync::Mutex<Vec<u8>>, std::sync::Condvar)>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0 .0.lock().unwrap().extend_from_slice(buf);
+        self.0 .1.notify_all();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -795,15 +797,18 @@ fn wasi_stdout_and_proxy_log_reach_the_gateway_log() {
             i32.const 1))"#,
     );
     PluginInstance::start(&module, &settings("engine-wasi")).unwrap();
+    // The stdout reader thread logs asynchronously: wait for its lines.
     let deadline = Instant::now() + Duration::from_secs(5);
+    let (lock, written) = &*captured.0;
+    let mut log = lock.lock().unwrap();
     loop {
-        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-        let stdout_lines = text.matches("wasi says hello 1234").count();
-        if stdout_lines == 2 && text.contains("proxy_log says hi") {
+        let text = String::from_utf8_lossy(&log).into_owned();
+        if text.matches("stdout: wasi says hello 1234").count() == 2 && text.contains("proxy_log says hi") {
             assert!(text.contains("engine-wasi"), "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "plugin output missing from the log: {text}");
-        std::thread::sleep(Duration::from_millis(10));
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "plugin output missing from the log: {text}");
+        log = written.wait_timeout(log, left).unwrap().0;
     }
 }
