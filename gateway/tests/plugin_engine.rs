@@ -317,6 +317,12 @@ fn memory_cap_turns_into_a_memory_fault() {
     let fault = instance.on_request_headers(ctx, &mut request("m"), true).unwrap_err();
     assert_eq!(fault.kind, FaultKind::Memory, "{fault}");
     assert_eq!(instance.memory_bytes(), 4 * 65536, "grew exactly to the cap");
+
+    // A cap below the module's initial memory refuses the start.
+    let mut small = settings("engine-memory");
+    small.max_memory_bytes = 65536;
+    let err = PluginInstance::start(&module, &small).unwrap_err();
+    assert!(err.contains("starts with 131072 bytes"), "{err}");
 }
 
 #[test]

@@ -390,6 +390,25 @@ impl Instance {
         if inst.is_null() {
             return Err(format!("instantiating the module failed: {}", c_text(&err)));
         }
+        // WAMR silently keeps the module's initial size when the cap is below it.
+        // SAFETY: `inst` is live and owned here; the queries only read it.
+        let initial = unsafe {
+            let memory = sys::wasm_runtime_get_default_memory(inst);
+            if memory.is_null() {
+                0
+            } else {
+                sys::wasm_memory_get_cur_page_count(memory)
+            }
+        };
+        if initial > u64::from(pages) {
+            // SAFETY: `inst` is live, owned here and has no exec env yet.
+            unsafe { sys::wasm_runtime_deinstantiate(inst) };
+            return Err(format!(
+                "the module starts with {} bytes of linear memory, more than the plugin's memory limit of {} bytes",
+                initial * WASM_PAGE,
+                u64::from(pages) * WASM_PAGE
+            ));
+        }
         // SAFETY: `inst` is live; the exec env is destroyed before it (Drop / below).
         let exec_env = unsafe { sys::wasm_runtime_create_exec_env(inst, WASM_STACK_BYTES) };
         if exec_env.is_null() {
