@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::client::request;
+use tollgate_e2e::client::{request, write_pattern_body};
 use tollgate_e2e::plugins::{plugin, Mode};
-use tollgate_e2e::{gateway, metrics, wait, Behaviour, Conn, Fnv, Gateway, Redis, Response, Upstream};
+use tollgate_e2e::{gateway, metrics, pattern_hash, wait, Behaviour, Conn, Fnv, Gateway, Redis, Response, Upstream};
 
 /// One listener, host `all` (every domain) routing to `backend`, and the
 /// given `plugins:` section (a YAML flow mapping) and extra clusters.
@@ -623,4 +623,50 @@ fn probe_exercises_the_host_abi() {
             gw.stderr()
         );
     }
+}
+
+#[test]
+fn large_bodies_stream_through_plugins_and_buffering_is_bounded() {
+    let up = Upstream::start(Behaviour::Echo);
+    let plugins = format!(
+        r#"{{plugins: [
+            {{name: rw, module: "{rw}", configuration: {{request: {{set: {{x-seen: "1"}}}}}}}},
+            {{name: probe, module: "{probe}", configuration: {{tick_ms: 0}}}}
+        ]}}"#,
+        rw = module("header-rewrite", Mode::Aot),
+        probe = module("test-probe", Mode::Aot),
+    );
+    let gw = Gateway::start(&config(&up, 1, &plugins, ""));
+    let len: u64 = 5_000_000;
+    for chunked in [false, true] {
+        // Five times the default max_buffered_body_bytes: it streams through the body callbacks.
+        let mut c = Conn::connect(gw.addr("http")).unwrap();
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_string()
+        } else {
+            format!("Content-Length: {len}")
+        };
+        c.send(format!("POST /up HTTP/1.1\r\nHost: b.test\r\n{framing}\r\n\r\n").as_bytes())
+            .unwrap();
+        write_pattern_body(c.stream(), len, chunked).unwrap();
+        let r = c.read_response().unwrap();
+        assert_eq!(r.status, 200, "chunked={chunked}: {}", r.body_str());
+        let seen = r.json();
+        assert_eq!(seen["body_len"], len, "chunked={chunked}");
+        assert_eq!(seen["body_hash"], pattern_hash(len), "chunked={chunked}");
+        assert_eq!(upstream_header(&r, "x-seen").as_deref(), Some("1"));
+        // The connection stays usable after a streamed body.
+        let again = c.exchange(&request("GET", "b.test", "/again", &[], None)).unwrap();
+        assert_eq!(again.status, 200);
+    }
+    // A plugin that buffers the whole body (test-probe's echo) is bounded by max_buffered_body_bytes.
+    let mut c = Conn::connect(gw.addr("http")).unwrap();
+    c.send(
+        format!("POST /up HTTP/1.1\r\nHost: b.test\r\nx-probe-echo-body: 1\r\nContent-Length: {len}\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let _ = write_pattern_body(c.stream(), len, false);
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 413, "{}", r.body_str());
 }

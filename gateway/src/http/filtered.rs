@@ -1,20 +1,22 @@
-//! The exchange of a request whose route runs plugins. The request side is
-//! materialized for them: headers become a proxy-wasm header map (with
-//! `:method`, `:path`, `:authority`, `:scheme`), the body passes through the
-//! body callbacks chunk by chunk and what they let through is held (up to the
-//! route's `max_buffered_body_bytes`) and sent upstream with an exact
-//! Content-Length, which keeps the request replayable for retries. The
-//! response streams: its head goes through the header callbacks, then each
-//! body chunk through the body callbacks on its way to the client, framed
-//! with Content-Length when the plugins kept it, chunked otherwise.
+//! The exchange of a request whose route runs plugins. Headers become a
+//! proxy-wasm header map (with `:method`, `:path`, `:authority`, `:scheme`)
+//! the plugins read and rewrite. The request body passes through the body
+//! callbacks chunk by chunk; what they let through is held up to the route's
+//! `max_buffered_body_bytes` and, when the whole body fits, sent upstream
+//! with an exact Content-Length (so the request stays replayable for
+//! retries). A larger body that no plugin is holding streams on through the
+//! callbacks to the upstream, framed by the Content-Length the plugins kept or
+//! chunked. The response streams the same way to the client.
 //! See LIFECYCLE.md beside this file.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 
 use super::codec::{BodyFraming, ResponseHead};
-use super::forward::{self, definite_upstream, is_hop_by_hop, write_request_head, Failure, Forwarded};
-use super::io::read_more;
+use super::forward::{
+    self, definite_upstream, is_hop_by_hop, write_request_head, Failure, FilteredBody, Forwarded, RequestBody,
+};
+use super::io::{read_more, write_all};
 use super::proxy::{answer, answer_error, ClientConn, Exchange};
 use super::respond::{self, Generated};
 use super::{ChunkedDecoder, HttpError};
@@ -89,28 +91,60 @@ pub async fn proxy(
             Err(verdict) => return (answer_verdict(ex, conn, verdict).await, None),
         }
     } else {
-        Vec::new()
+        RequestBodyStart::Whole(Vec::new())
     };
-    let head = upstream_head(ex, conn, route, has_body || !body.is_empty(), body.len());
-    let body_len = body.len();
-    conn.buf.splice(0..0, body);
-    match forward::proxy_buffered(ex, conn, route, head, body_len).await {
-        Ok(done) => done,
-        Err(error) => (answer_error(ex, conn, error).await, None),
+    match body {
+        RequestBodyStart::Whole(body) => {
+            let head = upstream_head(ex, conn, route, UpstreamFraming::Length(body.len() as u64, has_body));
+            let body_len = body.len();
+            conn.buf.splice(0..0, body);
+            match forward::proxy_buffered(ex, conn, route, head, body_len).await {
+                Ok(done) => done,
+                Err(error) => (answer_error(ex, conn, error).await, None),
+            }
+        }
+        RequestBodyStart::Streaming(mut filtered) => {
+            // The plugins kept a Content-Length: they promise the body keeps its size.
+            let kept = content_length(&ex.plugins.as_ref().expect("chain").data.request_headers);
+            filtered.upstream_length = kept;
+            let framing = match kept {
+                Some(length) => UpstreamFraming::Length(length, true),
+                None => UpstreamFraming::Chunked,
+            };
+            let head = upstream_head(ex, conn, route, framing);
+            match forward::proxy_filtered(ex, conn, route, head, filtered).await {
+                Ok(done) => done,
+                Err(error) => (answer_error(ex, conn, error).await, None),
+            }
+        }
     }
 }
 
-/// Reads the whole request body from the client through the body callbacks
-/// and returns what they let through. `conn.buf` keeps what follows it.
+/// How far reading the request body through the plugins got before the
+/// exchange with the upstream starts.
+enum RequestBodyStart {
+    /// The whole body, as the plugins left it.
+    Whole(Vec<u8>),
+    /// More than `max_buffered_body_bytes` and no plugin holding any of it:
+    /// the rest streams through the plugins while it goes upstream.
+    Streaming(FilteredBody),
+}
+
+fn content_length(map: &HeaderMap) -> Option<u64> {
+    pseudo(map, b"content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads the request body from the client through the body callbacks. A
+/// body the plugins let through within `max_buffered_body_bytes` comes back
+/// whole; a larger one, when no plugin is holding part of it, continues as a
+/// stream. `conn.buf` keeps the bytes not decoded yet.
 async fn filter_request_body(
     ex: &mut Exchange<'_>,
     conn: &mut ClientConn,
     targets: &WorkerTargets<'_>,
-) -> Result<Vec<u8>, Verdict> {
-    let too_large = |reason: &str| Verdict::Fail {
-        status: 413,
-        reason: reason.to_string(),
-    };
+) -> Result<RequestBodyStart, Verdict> {
     if ex.head.expect_continue {
         conn.out.clear();
         conn.out.extend_from_slice(respond::CONTINUE);
@@ -119,51 +153,43 @@ async fn filter_request_body(
         }
     }
     let limit = ex.plugins.as_ref().map_or(0, StreamChain::max_buffered);
-    let mut remaining = match ex.head.framing {
-        BodyFraming::ContentLength(length) => length,
-        _ => 0,
+    let mut body = FilteredBody {
+        passed: Vec::new(),
+        client: ex.head.framing,
+        client_remaining: match ex.head.framing {
+            BodyFraming::ContentLength(length) => length,
+            _ => 0,
+        },
+        decoder: ChunkedDecoder::new(),
+        upstream_length: None,
     };
-    let mut decoder = ChunkedDecoder::new();
     let mut received = 0u64;
-    let mut passed = Vec::new();
     loop {
-        let mut data = Vec::new();
-        let done = match ex.head.framing {
-            BodyFraming::ContentLength(_) => {
-                let take = (conn.buf.len() as u64).min(remaining) as usize;
-                data.extend(conn.buf.drain(..take));
-                remaining -= take as u64;
-                remaining == 0
-            }
-            BodyFraming::Chunked => {
-                let buf = &conn.buf;
-                let decoded = decoder
-                    .decode(buf, |range| data.extend_from_slice(&buf[range]))
-                    .map_err(|error| Verdict::Fail {
-                        status: error.status(),
-                        reason: error.to_string(),
-                    })?;
-                conn.buf.drain(..decoded.consumed);
-                decoded.done
-            }
-            BodyFraming::None | BodyFraming::UntilClose => true,
-        };
+        let (data, done) = next_request_data(&mut body, &mut conn.buf).map_err(|error| Verdict::Fail {
+            status: error.status(),
+            reason: error.to_string(),
+        })?;
         received += data.len() as u64;
         if ex.max_body_bytes.is_some_and(|max| received > max) {
-            return Err(too_large("request body larger than the route's max_body_bytes"));
+            return Err(Verdict::Fail {
+                status: 413,
+                reason: "request body larger than the route's max_body_bytes".into(),
+            });
         }
         if !data.is_empty() || done {
             let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
             let out = chain.body(targets, Direction::Request, data, done).await?;
-            passed.extend_from_slice(&out);
-            if passed.len() as u64 > limit {
-                return Err(too_large(
-                    "request body larger than the route's max_buffered_body_bytes",
-                ));
-            }
+            body.passed.extend_from_slice(&out);
         }
         if done {
-            return Ok(passed);
+            return Ok(RequestBodyStart::Whole(body.passed));
+        }
+        let holding = ex
+            .plugins
+            .as_ref()
+            .is_some_and(|chain| chain.holds_body(Direction::Request));
+        if body.passed.len() as u64 > limit && !holding {
+            return Ok(RequestBodyStart::Streaming(body));
         }
         match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
             Ok(0) | Err(_) => return Err(Verdict::Close),
@@ -172,10 +198,126 @@ async fn filter_request_body(
     }
 }
 
+/// Takes the body bytes `buf` holds (decoding chunked framing); true when
+/// the body ended.
+fn next_request_data(body: &mut FilteredBody, buf: &mut Vec<u8>) -> Result<(Vec<u8>, bool), HttpError> {
+    let mut data = Vec::new();
+    let done = match body.client {
+        BodyFraming::ContentLength(_) => {
+            let take = (buf.len() as u64).min(body.client_remaining) as usize;
+            data.extend(buf.drain(..take));
+            body.client_remaining -= take as u64;
+            body.client_remaining == 0
+        }
+        BodyFraming::Chunked => {
+            let decoded = body.decoder.decode(buf, |range| data.extend_from_slice(&buf[range]))?;
+            buf.drain(..decoded.consumed);
+            decoded.done
+        }
+        BodyFraming::None | BodyFraming::UntilClose => true,
+    };
+    Ok((data, done))
+}
+
+/// Streams the rest of a request body through the plugins to the upstream.
+pub(super) async fn stream_request_body(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    upstream: &mut UpstreamConn,
+    body: &mut RequestBody,
+    route: &ProxyRoute,
+) -> Result<(), Failure> {
+    let targets = WorkerTargets {
+        worker: ex.worker,
+        snapshot: ex.snapshot,
+    };
+    let filtered = body.filtered.as_mut().expect("a filtered request body");
+    let mut sent = filtered.passed.len() as u64;
+    loop {
+        let (data, done) = next_request_data(filtered, &mut conn.buf).map_err(|_| Failure::Client)?;
+        body.received += data.len() as u64;
+        if ex.max_body_bytes.is_some_and(|max| body.received > max) {
+            return Err(Failure::TooLarge);
+        }
+        if !data.is_empty() || done {
+            let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
+            let out = chain
+                .body(&targets, Direction::Request, data, done)
+                .await
+                .map_err(|verdict| Failure::Plugin(verdict_error(verdict)))?;
+            sent += out.len() as u64;
+            if let Some(length) = filtered.upstream_length {
+                if sent > length || (done && sent != length) {
+                    return Err(Failure::Plugin(HttpError::Plugin {
+                        status: 502,
+                        reason: "a plugin changed the request body's size but kept its Content-Length".into(),
+                    }));
+                }
+            }
+            conn.out.clear();
+            encode_request_chunk(&mut conn.out, filtered.upstream_length.is_none(), &out, done);
+            write_all(&mut upstream.stream, &mut conn.out, route.send_timeout)
+                .await
+                .map_err(|error| match error.kind() {
+                    std::io::ErrorKind::TimedOut => Failure::Upstream(HttpError::GatewayTimeout),
+                    _ => Failure::Upstream(HttpError::BadGateway("upstream stopped reading the request")),
+                })?;
+        }
+        if done {
+            return Ok(());
+        }
+        match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
+            Ok(0) | Err(_) => return Err(Failure::Client),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Appends request body bytes in the upstream framing.
+pub(super) fn encode_request_chunk(out: &mut Vec<u8>, chunked: bool, data: &[u8], finished: bool) {
+    if !chunked {
+        out.extend_from_slice(data);
+        return;
+    }
+    if !data.is_empty() {
+        let _ = write!(out, "{:x}\r\n", data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    }
+    if finished {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+}
+
+/// The error a plugin verdict becomes once the upstream exchange has begun.
+fn verdict_error(verdict: Verdict) -> HttpError {
+    match verdict {
+        Verdict::Fail { status, reason } => HttpError::Plugin { status, reason },
+        Verdict::Respond(local) => HttpError::Plugin {
+            status: local.status,
+            reason: format!(
+                "a plugin answered after the request started upstream: {}",
+                local.details
+            ),
+        },
+        Verdict::Continue | Verdict::Close => HttpError::Plugin {
+            status: 400,
+            reason: "a plugin closed the stream".into(),
+        },
+    }
+}
+
+/// How the upstream head frames the body.
+enum UpstreamFraming {
+    /// This length; the bool says whether to write it even when 0.
+    Length(u64, bool),
+    Chunked,
+}
+
 /// The upstream request head from the plugins' header map: `:method`,
 /// `:path` (the route's prefix rewrite still applies) and `:authority`
-/// (unless the route rewrites the host), and an exact Content-Length.
-fn upstream_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute, framed: bool, body_len: usize) -> Vec<u8> {
+/// (unless the route rewrites the host), and the body's framing.
+fn upstream_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute, framing: UpstreamFraming) -> Vec<u8> {
     let map = &ex
         .plugins
         .as_ref()
@@ -190,8 +332,12 @@ fn upstream_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute, frame
     };
     let authority = String::from_utf8_lossy(pseudo(map, b":authority").unwrap_or(ex.host.as_bytes())).into_owned();
     let host = route.host_rewrite.as_deref().unwrap_or(&authority);
-    let length = body_len.to_string();
-    let content_length = framed.then_some((&b"content-length"[..], length.as_bytes()));
+    let (name, value) = match framing {
+        UpstreamFraming::Length(0, false) => (&b""[..], String::new()),
+        UpstreamFraming::Length(length, _) => (&b"content-length"[..], length.to_string()),
+        UpstreamFraming::Chunked => (&b"transfer-encoding"[..], "chunked".to_string()),
+    };
+    let framing_header = (!name.is_empty()).then_some((name, value.as_bytes()));
     let headers = map
         .iter()
         .filter(|(name, value)| {
@@ -201,7 +347,7 @@ fn upstream_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute, frame
                 && !name.iter().chain(value).any(|&b| b == b'\r' || b == b'\n')
         })
         .map(|(name, value)| (name.as_slice(), value.as_slice()))
-        .chain(content_length);
+        .chain(framing_header);
     let mut out = Vec::with_capacity(512);
     write_request_head(&mut out, ex, conn, route, method, &target, host, headers);
     out

@@ -50,14 +50,30 @@ pub struct Forwarded {
 }
 
 /// Where the request body stands in the client's buffer.
-struct RequestBody {
+pub(super) struct RequestBody {
     framing: BodyFraming,
     /// Content-Length bytes not yet forwarded.
     remaining: u64,
     decoder: ChunkedDecoder,
     /// Bytes of `ClientConn::buf` that hold the whole body, when it is all there.
     buffered_len: Option<usize>,
-    received: u64,
+    pub(super) received: u64,
+    /// Set when plugins see the body while it streams upstream.
+    pub(super) filtered: Option<FilteredBody>,
+}
+
+/// A request body that passes the plugins' body callbacks on its way
+/// upstream because it was larger than the route lets plugins buffer.
+pub struct FilteredBody {
+    /// What the body callbacks already let through, sent right after the head.
+    pub passed: Vec<u8>,
+    /// The client's framing, still being decoded from `ClientConn::buf`.
+    pub client: BodyFraming,
+    /// Content-Length bytes the client has not sent yet.
+    pub client_remaining: u64,
+    pub decoder: ChunkedDecoder,
+    /// The length the upstream head declares; None: sent chunked.
+    pub upstream_length: Option<u64>,
 }
 
 impl RequestBody {
@@ -70,6 +86,7 @@ impl RequestBody {
             decoder: ChunkedDecoder::new(),
             buffered_len: None,
             received: 0,
+            filtered: None,
         };
         match head.framing {
             BodyFraming::None | BodyFraming::UntilClose => body.buffered_len = Some(0),
@@ -138,6 +155,8 @@ pub(super) enum Failure {
     TooLarge,
     /// The response status is one the route retries.
     RetryStatus,
+    /// A plugin stopped the request body midway: answer with its error.
+    Plugin(HttpError),
 }
 
 /// Proxies the request; on a protocol switch also returns the upstream
@@ -167,6 +186,28 @@ pub async fn proxy_buffered(
         decoder: ChunkedDecoder::new(),
         buffered_len: Some(body_len),
         received: body_len as u64,
+        filtered: None,
+    };
+    send(ex, conn, route, body, request_head).await
+}
+
+/// Proxies a request whose body streams through the plugins: the head is
+/// the plugins' version, the body continues from `ClientConn::buf`.
+pub async fn proxy_filtered(
+    ex: &mut Exchange<'_>,
+    conn: &mut ClientConn,
+    route: &ProxyRoute,
+    request_head: Vec<u8>,
+    filtered: FilteredBody,
+) -> Result<(Forwarded, Option<UpstreamConn>), HttpError> {
+    // Framing and decoding live in `filtered`; these fields stay unused.
+    let body = RequestBody {
+        framing: filtered.client,
+        remaining: 0,
+        decoder: ChunkedDecoder::new(),
+        buffered_len: None,
+        received: filtered.passed.len() as u64,
+        filtered: Some(filtered),
     };
     send(ex, conn, route, body, request_head).await
 }
@@ -269,6 +310,7 @@ async fn send(
                 return Ok((forwarded, None));
             }
             Failure::TooLarge => return Err(HttpError::PayloadTooLarge),
+            Failure::Plugin(error) => return Err(error),
             Failure::RetryStatus => {
                 ex.note_retry(cluster);
                 tried.push(endpoint.addr);
@@ -477,9 +519,14 @@ async fn exchange(
     // Head and whatever body bytes are already here go out in one write.
     conn.out.clear();
     conn.out.extend_from_slice(request_head);
-    let first_body_bytes = match body.buffered_len {
-        Some(len) => len,
-        None => match body.framing {
+    let first_body_bytes = match (&body.filtered, body.buffered_len) {
+        (Some(filtered), _) => {
+            let chunked = filtered.upstream_length.is_none();
+            super::filtered::encode_request_chunk(&mut conn.out, chunked, &filtered.passed, false);
+            0
+        }
+        (None, Some(len)) => len,
+        (None, None) => match body.framing {
             BodyFraming::ContentLength(_) => conn.buf.len(),
             _ => 0,
         },
@@ -494,7 +541,9 @@ async fn exchange(
             Failure::NotSent(HttpError::BadGateway("upstream reset the connection"))
         });
     }
-    if body.buffered_len.is_none() {
+    if body.filtered.is_some() {
+        super::filtered::stream_request_body(ex, conn, upstream, body, route).await?;
+    } else if body.buffered_len.is_none() {
         if let BodyFraming::ContentLength(_) = body.framing {
             body.remaining -= first_body_bytes as u64;
             body.received += first_body_bytes as u64;

@@ -117,6 +117,11 @@ impl StreamChain {
         self.max_buffered
     }
 
+    /// Whether some plugin holds body bytes it asked to buffer.
+    pub fn holds_body(&self, direction: Direction) -> bool {
+        self.entries.iter().any(|e| !e.held[direction as usize].is_empty())
+    }
+
     /// Plugins that could not start a context and fail closed.
     pub fn start_failure(&self) -> Option<Verdict> {
         self.entries
