@@ -22,7 +22,7 @@ use tollgate::plugin::{
 /// trap, `i` infinite loop, `m` grow memory until it fails then abort, `p`
 /// pause, `c` http_call to cluster-a, `r` redis PING to redis-a; every
 /// stream gets `x-added: yes`. A plugin configuration starting with `r` is
-/// rejected. Response headers: `server` replaced, `x-remove` removed. The
+/// rejected, one starting with `i` loops forever. Response headers: `server` replaced, `x-remove` removed. The
 /// request body becomes `REPLACED` at end of stream (buffered before).
 const MODULE: &str = r#"
 (module
@@ -78,6 +78,7 @@ const MODULE: &str = r#"
   (func (export "proxy_on_configure") (param $root i32) (param $size i32) (result i32)
     (if (i32.eqz (local.get $size)) (then (return (i32.const 1))))
     (drop (call $get_buffer (i32.const 7) (i32.const 0) (local.get $size) (i32.const 0x200) (i32.const 0x204)))
+    (if (i32.eq (i32.load8_u (i32.load (i32.const 0x200))) (i32.const 0x69)) (then (loop $spin (br $spin))))
     (i32.ne (i32.load8_u (i32.load (i32.const 0x200))) (i32.const 0x72)))
   (func $added
     (drop (call $add_header (i32.const 0) (i32.const 0x110) (i32.const 7) (i32.const 0x120) (i32.const 3))))
@@ -267,6 +268,18 @@ fn configuration_rejected_by_the_plugin_refuses_the_start() {
     let err = PluginInstance::start(&module, &bad).unwrap_err();
     assert_eq!(err, "plugin rejected its configuration");
     assert!(PluginInstance::start(&module, &settings("engine-reject")).is_ok());
+
+    // A start-up call gets at least a second before the watchdog ends it.
+    let mut spin = settings("engine-reject");
+    spin.plugin_configuration = b"infinite".to_vec();
+    let started = Instant::now();
+    let err = PluginInstance::start(&module, &spin).unwrap_err();
+    let took = started.elapsed();
+    assert!(err.starts_with("proxy_on_configure failed: timeout"), "{err}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -715,6 +728,7 @@ fn sdk_trap_and_loop_plugins_fault() {
         assert_eq!(fault.kind, FaultKind::Trap, "{fault}");
         let mut bad = settings("test-trap");
         bad.plugin_configuration = br#"{"on": "configure"}"#.to_vec();
+        bad.max_memory_bytes = 16 << 20;
         let err = PluginInstance::start(&module, &bad).unwrap_err();
         assert!(err.contains("proxy_on_configure failed: trap"), "{err}");
     }

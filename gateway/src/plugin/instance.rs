@@ -215,6 +215,10 @@ mod cb {
     pub const REDIS_CALL_RESPONSE: usize = 15;
 }
 
+/// Watchdog limit for the calls of [`PluginInstance::start`], when the
+/// plugin's own limit is lower.
+const STARTUP_CALL_TIME: Duration = Duration::from_secs(1);
+
 static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A started plugin instance. `Send`, not `Sync`: the pool wraps it in a lock.
@@ -264,7 +268,9 @@ impl PluginInstance {
             vm,
             callbacks,
             plugin_name: settings.plugin_name.clone(),
-            max_call_time: settings.max_call_time,
+            // Start-up (module init, parsing the configuration) runs off the
+            // request path and may be slower than a stream callback.
+            max_call_time: settings.max_call_time.max(STARTUP_CALL_TIME),
             id,
             root_context: 1,
             next_context: 2,
@@ -292,6 +298,7 @@ impl PluginInstance {
         {
             return Err("plugin rejected its configuration".into());
         }
+        instance.max_call_time = settings.max_call_time;
         Ok(instance)
     }
 
