@@ -670,3 +670,32 @@ fn large_bodies_stream_through_plugins_and_buffering_is_bounded() {
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 413, "{}", r.body_str());
 }
+
+#[test]
+fn response_bodies_are_rewritten_and_reframed() {
+    let up = Upstream::start(Behaviour::Echo);
+    for mode in Mode::BOTH {
+        let plugins = format!(
+            r#"{{plugins: [{{name: mask, module: "{m}", configuration: {{direction: response, mask_fields: [path, method]}}}}]}}"#,
+            m = module("body-transform", mode)
+        );
+        let gw = Gateway::start(&config(&up, 1, &plugins, ""));
+        let mut conn = Conn::connect(gw.addr("http")).unwrap();
+        for _ in 0..2 {
+            let r = conn
+                .exchange(&request("GET", "example.test", "/secret-path", &[], None))
+                .unwrap();
+            assert_eq!(r.status, 200, "{mode:?}");
+            let json = r.json();
+            assert_eq!(json["path"], "***", "{mode:?}: {json}");
+            assert_eq!(json["method"], "***");
+            assert!(!r.body_str().contains("secret-path"));
+            assert_eq!(
+                r.header("transfer-encoding"),
+                Some("chunked"),
+                "the plugin dropped Content-Length"
+            );
+            assert!(r.keeps_alive(), "the connection carries the next request");
+        }
+    }
+}

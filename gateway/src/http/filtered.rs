@@ -458,6 +458,7 @@ pub(super) async fn forward_response(
     };
     let keep_client = framing != ClientFraming::UntilClose && ex.client_keep_alive;
     write_filtered_head(ex, conn, status, framing, !keep_client);
+    let head_len = conn.out.len();
     let mut head_pending = true;
     let mut sent_body = 0u64;
     let mut pos = response.len;
@@ -500,10 +501,16 @@ pub(super) async fn forward_response(
                         encode_body(&mut conn.out, framing, &out, finished);
                     }
                 }
-                // The head may be out already: all that is left is to cut the client off.
                 Err(verdict) => {
                     tracing::debug!(?verdict, "plugin chain stopped the response body");
-                    let _ = conn.stream.write_all(&mut conn.out, ex.client_timeout).await;
+                    if head_pending {
+                        // Nothing reached the client yet: it gets the plugin's answer instead.
+                        conn.out.clear();
+                        let mut done = answer_verdict(ex, conn, verdict).await;
+                        done.keep_client = false;
+                        return Ok(done);
+                    }
+                    // The head is out already: all that is left is to cut the client off.
                     return Ok(Forwarded {
                         status,
                         ..Forwarded::default()
@@ -511,7 +518,14 @@ pub(super) async fn forward_response(
                 }
             }
         }
-        if !conn.out.is_empty() || head_pending {
+        // The head waits for the first body bytes the plugins let through, so
+        // a plugin buffering the body can still answer instead.
+        let flush = if head_pending {
+            finished || conn.out.len() > head_len
+        } else {
+            !conn.out.is_empty()
+        };
+        if flush {
             head_pending = false;
             if conn.stream.write_all(&mut conn.out, ex.client_timeout).await.is_err() {
                 return Err(Failure::Client);
