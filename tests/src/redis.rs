@@ -19,6 +19,11 @@ pub struct Redis {
 impl Redis {
     /// Starts redis-server; `requirepass` sets a password for the default user.
     pub fn start(requirepass: Option<&str>) -> Redis {
+        Redis::start_with(requirepass, &[])
+    }
+
+    /// Starts redis-server with more `--name value` arguments (e.g. `["--timeout", "1"]`).
+    pub fn start_with(requirepass: Option<&str>, args: &[&str]) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-e2e-redis-")
             .tempdir()
@@ -41,6 +46,7 @@ impl Redis {
         if let Some(password) = requirepass {
             command.args(["--requirepass", password]);
         }
+        command.args(args);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -699,3 +699,39 @@ fn response_bodies_are_rewritten_and_reframed() {
         }
     }
 }
+
+#[test]
+fn redis_connections_are_reused_and_survive_the_server_closing_them() {
+    // Redis closes connections idle for a second: the gateway must notice and reconnect.
+    let redis = Redis::start_with(None, &["--timeout", "1"]);
+    let up = Upstream::start(Behaviour::Echo);
+    let plugins = format!(
+        r#"{{plugins: [{{name: limit, module: "{m}", configuration: {{redis_cluster: redis, key: global, requests: 100, window_seconds: 3600, fail_open_on_redis_error: false}}}}]}}"#,
+        m = module("redis-rate-limit", Mode::Aot)
+    );
+    let clusters = format!("  - {{name: redis, endpoints: [\"{}\"]}}", redis.endpoint());
+    let gw = Gateway::start(&config(&up, 1, &plugins, &clusters));
+    let addr = gw.addr("http");
+    let connections_so_far = || -> u64 {
+        redis
+            .command(None, &["INFO", "stats"])
+            .lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("redis reports its connection count")
+    };
+    let before = connections_so_far();
+    for _ in 0..5 {
+        assert_eq!(send(addr, "GET", "/", &[], None).status, 200);
+    }
+    // The second INFO is one more connection.
+    let gateway_connections = connections_so_far() - before - 1;
+    assert_eq!(gateway_connections, 1, "one connection carries the five calls");
+    std::thread::sleep(Duration::from_millis(2500));
+    // fail_open_on_redis_error is off: a failed call would answer 503.
+    assert_eq!(
+        send(addr, "GET", "/", &[], None).status,
+        200,
+        "reconnects after redis closed the idle connection"
+    );
+}

@@ -1,11 +1,14 @@
 //! Performs the calls plugins dispatch to clusters: `proxy_http_call` as one
-//! HTTP/1.1 exchange, and Higress's `proxy_redis_call` as one RESP command
-//! with its reply. Both run on a monoio runtime (a worker for stream
-//! contexts, the plugin housekeeping thread for root contexts), use a fresh
-//! connection per call (`Connection: close`), and are bounded by the plugin's
-//! timeout and a size cap, so a slow or hostile cluster costs one stream, never
-//! a worker.
+//! HTTP/1.1 exchange on a fresh connection (`Connection: close`), and
+//! Higress's `proxy_redis_call` as one RESP command with its reply, over
+//! connections kept idle per thread (a rate-limit plugin calls Redis on every
+//! request). Both run on a monoio runtime (a worker for stream contexts, the
+//! plugin housekeeping thread for root contexts) and are bounded by the
+//! plugin's timeout and a size cap, so a slow or hostile cluster costs one
+//! stream, never a worker.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -172,19 +175,43 @@ pub async fn redis_call(
     }
 }
 
+/// Idle Redis connections per (address, credentials), per thread: callouts
+/// run on the thread's monoio runtime, so connections never cross threads.
+type IdleKey = (SocketAddr, String, String);
+
+thread_local! {
+    static IDLE_REDIS: RefCell<HashMap<IdleKey, Vec<TcpStream>>> = RefCell::new(HashMap::new());
+}
+
+/// Idle connections kept per key and thread.
+const MAX_IDLE_REDIS: usize = 8;
+
 async fn redis_exchange(addr: SocketAddr, auth: &RedisSettings, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let key = (addr, auth.username.clone(), auth.password.clone());
+    let idle = IDLE_REDIS.with(|idle| idle.borrow_mut().get_mut(&key).and_then(Vec::pop));
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    if let Some(mut stream) = idle {
+        match redis_roundtrip(&mut stream, &mut buf, query).await {
+            Ok(reply) => {
+                keep_idle(key, stream);
+                return Ok(reply);
+            }
+            // Redis closed the idle connection before reading the command
+            // (its `timeout`): nothing ran, so a fresh connection may send it.
+            Err(error) if buf.is_empty() && is_closed(&error) => {}
+            Err(error) => return Err(error),
+        }
+        buf.clear();
+    }
     let mut stream = TcpStream::connect_addr(addr).await?;
     let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(READ_CHUNK);
     if !auth.password.is_empty() {
         let mut command: Vec<&[u8]> = vec![b"AUTH"];
         if !auth.username.is_empty() {
             command.push(auth.username.as_bytes());
         }
         command.push(auth.password.as_bytes());
-        let (result, _) = stream.write_all(encode_command(&command)).await;
-        result?;
-        let reply = read_reply(&mut stream, &mut buf).await?;
+        let reply = redis_roundtrip(&mut stream, &mut buf, &encode_command(&command)).await?;
         if !reply.starts_with(b"+OK") {
             return Err(invalid(format!(
                 "redis refused AUTH: {}",
@@ -192,9 +219,33 @@ async fn redis_exchange(addr: SocketAddr, auth: &RedisSettings, query: &[u8]) ->
             )));
         }
     }
-    let (result, _) = stream.write_all(query.to_vec()).await;
+    let reply = redis_roundtrip(&mut stream, &mut buf, query).await?;
+    keep_idle(key, stream);
+    Ok(reply)
+}
+
+async fn redis_roundtrip(stream: &mut TcpStream, buf: &mut Vec<u8>, command: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (result, _) = stream.write_all(command.to_vec()).await;
     result?;
-    read_reply(&mut stream, &mut buf).await
+    read_reply(stream, buf).await
+}
+
+fn keep_idle(key: IdleKey, stream: TcpStream) {
+    IDLE_REDIS.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_REDIS {
+            list.push(stream);
+        }
+    });
+}
+
+fn is_closed(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(
+        error.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof
+    )
 }
 
 /// Reads exactly one RESP2 reply from the stream.
@@ -211,7 +262,10 @@ async fn read_reply(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Resul
             return Err(invalid("redis reply larger than 16 MiB"));
         }
         if read_into(stream, buf).await? == 0 {
-            return Err(invalid("redis closed the connection before replying"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "redis closed the connection before replying",
+            ));
         }
     }
 }
