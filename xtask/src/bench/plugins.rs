@@ -7,7 +7,8 @@
 //! upstream for reference. Runs alternate over all sides, best of two.
 //! Then the VM budget: a gateway with 255 workers and 8 plugins under
 //! `vm_budget: 64`, its instance count from /metrics and its RSS, beside the
-//! same gateway without plugins and with the default budget.
+//! same gateway without plugins, with the default budget and with one
+//! instance per worker per plugin. Numbers go to target/bench/plugins.json.
 
 use std::collections::HashMap;
 use std::fs;
