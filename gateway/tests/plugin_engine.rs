@@ -422,8 +422,12 @@ fn redis_call_is_queued_and_its_reply_readable_as_buffer_9() {
 
 #[test]
 fn one_instance_called_from_two_threads() {
-    let module = module(MODULE);
-    let mut instance = PluginInstance::start(&module, &settings("engine-threads")).unwrap();
+    calls_from_two_threads(&module(MODULE));
+}
+
+/// Start on this thread, call on a second, then on this one, then on a third.
+fn calls_from_two_threads(module: &Arc<PluginModule>) {
+    let mut instance = PluginInstance::start(module, &settings("engine-threads")).unwrap();
     let ctx = instance.create_stream().unwrap();
     let (mut instance, s) = std::thread::spawn(move || {
         let mut s = request("");
@@ -539,6 +543,7 @@ fn aot_runs_callbacks_and_is_terminated_by_the_watchdog() {
         return;
     };
     exercise_headers_and_body(&module);
+    calls_from_two_threads(&module);
     assert_loop_is_terminated(&module);
 }
 
@@ -664,7 +669,9 @@ fn exercise_probe(module: &Arc<PluginModule>) {
 #[test]
 fn sdk_probe_plugin_runs_in_the_interpreter_and_as_aot() {
     let Some(wasm) = probe_wasm() else { return };
-    exercise_probe(&Arc::new(PluginModule::load(wasm.clone()).unwrap()));
+    let module = Arc::new(PluginModule::load(wasm.clone()).unwrap());
+    assert!(module.unlinked_imports().is_empty(), "every SDK import resolves");
+    exercise_probe(&module);
     let Some(aotc) = aotc() else { return };
     let dir = std::env::temp_dir().join(format!("tollgate-engine-{}-probe", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -751,6 +758,7 @@ fn sdk_unknown_import_traps_only_when_called_and_grpc_is_refused_softly() {
     let Some(module) = test_plugin("test_unknown_import.wasm") else {
         return;
     };
+    assert_eq!(module.unlinked_imports(), ["env.proxy_tollgate_does_not_exist"]);
     let mut instance = start_with(&module, "test-unknown-import", r#"{"call_unknown": false}"#, 16 << 20);
     let ctx = instance.create_stream().unwrap();
     let mut s = request("");

@@ -55,7 +55,7 @@ use super::abi::{self, HostState, Status};
 
 /// Bytes of the operand/frame stack WAMR gives each exec env (the guest's own
 /// shadow stack lives in its linear memory).
-const WASM_STACK_BYTES: u32 = 128 * 1024;
+const WASM_STACK_BYTES: u32 = 64 * 1024;
 const ERROR_BUF: usize = 256;
 const WASM_PAGE: u64 = 64 * 1024;
 
@@ -176,6 +176,7 @@ pub struct PluginModule {
     aot: bool,
     abi: AbiVersion,
     exports: HashMap<String, ExportSig>,
+    unlinked: Vec<String>,
     /// Serialises instantiation: WAMR does not document concurrent
     /// instantiation of one module as safe.
     instantiate_lock: Mutex<()>,
@@ -237,12 +238,53 @@ impl PluginModule {
             aot,
             abi: AbiVersion::V0_2_1,
             exports: HashMap::new(),
+            unlinked: Vec::new(),
             instantiate_lock: Mutex::new(()),
             _bytes: bytes,
         };
         module.exports = module.read_exports();
         module.abi = abi::check_exports(&module.exports)?;
+        module.unlinked = module.read_unlinked_imports();
+        if !module.unlinked.is_empty() {
+            tracing::warn!(
+                imports = %module.unlinked.join(", "),
+                "plugin module imports functions the host does not provide (or with another signature); \
+                 a call to one of them traps"
+            );
+        }
         Ok(module)
+    }
+
+    /// `module.name` of every function import WAMR could not link.
+    fn read_unlinked_imports(&self) -> Vec<String> {
+        let mut unlinked = Vec::new();
+        // SAFETY: `raw` is a loaded module; the import table is read-only.
+        let count = unsafe { sys::wasm_runtime_get_import_count(self.raw) };
+        for index in 0..count.max(0) {
+            let mut import = sys::wasm_import_t::default();
+            // SAFETY: index < count; WAMR fills `import` with pointers into the module.
+            unsafe { sys::wasm_runtime_get_import_type(self.raw, index, &mut import) };
+            if import.kind != sys::wasm_import_export_kind_t::WASM_IMPORT_EXPORT_KIND_FUNC || import.linked {
+                continue;
+            }
+            if import.module_name.is_null() || import.name.is_null() {
+                continue;
+            }
+            // SAFETY: NUL-terminated strings owned by the loaded module.
+            let (module, name) = unsafe {
+                (
+                    CStr::from_ptr(import.module_name).to_string_lossy(),
+                    CStr::from_ptr(import.name).to_string_lossy(),
+                )
+            };
+            unlinked.push(format!("{module}.{name}"));
+        }
+        unlinked
+    }
+
+    /// Function imports the host does not provide; calling one traps.
+    pub fn unlinked_imports(&self) -> &[String] {
+        &self.unlinked
     }
 
     fn read_exports(&self) -> HashMap<String, ExportSig> {

@@ -46,9 +46,24 @@ fn watchdog() -> &'static Watchdog {
     })
 }
 
-/// A registered call; unregister it with [`Guard::finish`].
+/// A registered call; unregister it with [`Guard::finish`]. Dropping it
+/// unregisters too, so an instance can never be destroyed while registered.
 pub(super) struct Guard {
     slot: usize,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        release(self.slot);
+    }
+}
+
+/// Frees a slot; true when its call had been terminated.
+fn release(slot: usize) -> bool {
+    let mut table = watchdog().lock();
+    let fired = table.slots[slot].take().is_some_and(|e| e.fired);
+    table.free.push(slot);
+    fired
 }
 
 /// Registers a call on `handle` that must finish within `limit`.
@@ -83,10 +98,9 @@ impl Guard {
     /// Unregisters the call; true when the watchdog terminated it (the call
     /// overran, whatever it returned).
     pub(super) fn finish(self) -> bool {
-        let dog = watchdog();
-        let mut table = dog.lock();
-        let fired = table.slots[self.slot].take().is_some_and(|e| e.fired);
-        table.free.push(self.slot);
+        let fired = release(self.slot);
+        // Released above, under the same lock that read `fired`.
+        std::mem::forget(self);
         fired
     }
 }

@@ -80,8 +80,10 @@ pub(super) fn call_foreign_function(
     _rpp: u32,
     _rsp: u32,
 ) -> HostResult {
-    let name = String::from_utf8_lossy(&c.read(np, nl)?).into_owned();
-    unimplemented(c, &format!("proxy_call_foreign_function({name})"), Status::NotFound)
+    // The name is read only to validate the pointer; it stays out of the
+    // log-once key so a plugin cannot grow that set without bound.
+    c.read(np, nl)?;
+    unimplemented(c, "proxy_call_foreign_function", Status::NotFound)
 }
 
 /// proxy_get_status: there is never a gRPC status to report; code 0, no message.
