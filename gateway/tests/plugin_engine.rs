@@ -19,7 +19,7 @@ use tollgate::plugin::{
 
 /// A proxy-wasm 0.2.1 module. The request header `x-test` picks what
 /// `proxy_on_request_headers` does (first byte): `l` local 403 reply, `t`
-/// trap, `i` infinite loop, `m` grow memory until it fails then abort, `p`
+/// trap, `o` out-of-bounds load, `i` infinite loop, `m` grow memory until it fails then abort, `p`
 /// pause, `c` http_call to cluster-a, `r` redis PING to redis-a; every
 /// stream gets `x-added: yes`. A plugin configuration starting with `r` is
 /// rejected, one starting with `i` loops forever. Response headers: `server` replaced, `x-remove` removed. The
@@ -95,6 +95,7 @@ const MODULE: &str = r#"
           (i32.const 0x140) (i32.const 23) (i32.const -1)))
         (return (i32.const 1))))
     (if (i32.eq (local.get $c) (i32.const 0x74)) (then unreachable)) ;; t
+    (if (i32.eq (local.get $c) (i32.const 0x6f)) (then (return (i32.load (i32.const -16))))) ;; o
     (if (i32.eq (local.get $c) (i32.const 0x69)) (then (loop $spin (br $spin)))) ;; i
     (if (i32.eq (local.get $c) (i32.const 0x6d)) ;; m
       (then (loop $more
@@ -303,6 +304,21 @@ fn trap_faults_and_poisons_the_instance() {
         other.on_request_headers(ctx, &mut request(""), true).unwrap(),
         Action::Continue
     );
+}
+
+/// An out-of-bounds load traps (AOT files must carry software bounds checks:
+/// the runtime has no hardware ones).
+fn assert_out_of_bounds_traps(module: &Arc<PluginModule>) {
+    let mut instance = PluginInstance::start(module, &settings("engine-oob")).unwrap();
+    let ctx = instance.create_stream().unwrap();
+    let fault = instance.on_request_headers(ctx, &mut request("o"), true).unwrap_err();
+    assert_eq!(fault.kind, FaultKind::Trap, "{fault}");
+    assert!(fault.message.contains("out of bounds memory access"), "{fault}");
+}
+
+#[test]
+fn out_of_bounds_access_traps_interp() {
+    assert_out_of_bounds_traps(&module(MODULE));
 }
 
 fn assert_loop_is_terminated(module: &Arc<PluginModule>) {
@@ -544,6 +560,7 @@ fn aot_runs_callbacks_and_is_terminated_by_the_watchdog() {
     };
     exercise_headers_and_body(&module);
     calls_from_two_threads(&module);
+    assert_out_of_bounds_traps(&module);
     assert_loop_is_terminated(&module);
 }
 
