@@ -152,14 +152,23 @@ const MODULE: &str = r#"
 const MODULE_0_1_0: &str = r#"
 (module
   (import "env" "proxy_add_header_map_value" (func $add_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_value" (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 0x10) "x-abi")
+  (data (i32.const 0x30) "x-missing")
+  (data (i32.const 0x54) "\ff")
   (data (i32.const 0x20) "0.1.0")
   (func (export "proxy_abi_version_0_1_0"))
   (func (export "malloc") (param i32) (result i32) i32.const 0x1000)
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32) (result i32)
     (drop (call $add_header (i32.const 0) (i32.const 0x10) (i32.const 5) (i32.const 0x20) (i32.const 5)))
+    ;; A missing header: Ok with an empty value under 0.1.0 (Envoy). x-missing: <status><length>
+    (i32.store8 (i32.const 0x40)
+      (i32.add (i32.const 0x30)
+        (call $get_header (i32.const 0) (i32.const 0x30) (i32.const 9) (i32.const 0x50) (i32.const 0x54))))
+    (i32.store8 (i32.const 0x41) (i32.add (i32.const 0x30) (i32.load (i32.const 0x54))))
+    (drop (call $add_header (i32.const 0) (i32.const 0x30) (i32.const 9) (i32.const 0x40) (i32.const 2)))
     i32.const 0))
 "#;
 
@@ -486,6 +495,11 @@ fn abi_0_1_0_gets_its_own_argument_lists() {
         Action::Continue
     );
     assert_eq!(header(&s.request_headers, "x-abi"), Some(&b"0.1.0"[..]));
+    assert_eq!(
+        header(&s.request_headers, "x-missing"),
+        Some(&b"00"[..]),
+        "Ok and length 0"
+    );
 }
 
 #[test]

@@ -256,6 +256,7 @@ impl PluginInstance {
             settings.plugin_configuration.clone(),
         );
         state.instance_id = id;
+        state.abi = module.abi_version();
         let config = InstanceConfig {
             max_memory_bytes: settings.max_memory_bytes,
             program_name: &settings.plugin_name,

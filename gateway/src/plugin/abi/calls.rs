@@ -13,6 +13,10 @@ use super::{deserialize_map, HostResult, RedisSettings, Status};
 use crate::plugin::instance::PendingCall;
 use crate::plugin::vm::Caller;
 
+/// What an http_call timeout of 0 ("none" in Envoy) becomes: Tollgate
+/// bounds every call.
+const NO_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn known() -> &'static RwLock<Arc<HashSet<String>>> {
     static KNOWN: OnceLock<RwLock<Arc<HashSet<String>>>> = OnceLock::new();
     KNOWN.get_or_init(Default::default)
@@ -32,8 +36,9 @@ fn is_known(cluster: &str) -> bool {
 }
 
 /// proxy_http_call(cluster, headers, body, trailers, timeout_ms) → token.
-/// Envoy's rules: the cluster must exist and the headers carry :method,
-/// :path and :authority, else BadArgument.
+/// Envoy's rules: the cluster must exist, the headers carry :method, :path
+/// and :authority, and the timeout is not negative, else BadArgument; a
+/// timeout of 0 means none (here: [`NO_TIMEOUT`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn http_call(
     c: &Caller,
@@ -55,6 +60,15 @@ pub(super) fn http_call(
     for (k, _) in &mut headers {
         k.make_ascii_lowercase();
     }
+    // Envoy: a negative (as i32) timeout is BadArgument, 0 means none.
+    if timeout > i32::MAX as u32 {
+        return Err(Status::BadArgument);
+    }
+    let timeout = if timeout == 0 {
+        NO_TIMEOUT
+    } else {
+        Duration::from_millis(u64::from(timeout))
+    };
     if !is_known(&cluster) {
         return Err(Status::BadArgument);
     }
@@ -74,7 +88,7 @@ pub(super) fn http_call(
             headers,
             body,
             trailers,
-            timeout: Duration::from_millis(u64::from(timeout)),
+            timeout,
         });
         token
     };

@@ -3,8 +3,9 @@
 //! Keys are matched case-insensitively and stored lower-case (Envoy's
 //! LowerCaseString); a lookup returns the first value, as Envoy does.
 
-use super::{deserialize_map, map_type, serialize_map, serialized_map_size, HostResult, HostState, Status};
+use super::{deserialize_map, map_type, serialize_map, HostResult, HostState, Status};
 use crate::plugin::instance::HeaderMap;
+use crate::plugin::vm::AbiVersion;
 use crate::plugin::vm::Caller;
 
 /// Runs `f` on map `map` for reading; Ok(None) when it does not exist here.
@@ -62,13 +63,23 @@ pub(super) fn set_pairs(c: &Caller, map: u32, p: u32, l: u32) -> HostResult {
 
 pub(super) fn get_value(c: &Caller, map: u32, kp: u32, kl: u32, rpp: u32, rsp: u32) -> HostResult {
     let key = c.read(kp, kl)?;
-    let value = read_map(&mut *c.state()?, map, |m| {
-        m.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(&key))
-            .map(|(_, v)| v.clone())
-    })?
-    .flatten()
-    .ok_or(Status::NotFound)?;
+    let (found, abi) = {
+        let mut state = c.state()?;
+        let abi = state.abi;
+        let found = read_map(&mut state, map, |m| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&key))
+                .map(|(_, v)| v.clone())
+        })?
+        .flatten();
+        (found, abi)
+    };
+    // Envoy answers a missing header with an empty value under ABI 0.1.0.
+    let value = match found {
+        Some(value) => value,
+        None if abi == AbiVersion::V0_1_0 => Vec::new(),
+        None => return Err(Status::NotFound),
+    };
     c.return_bytes(&value, rpp, rsp)
 }
 
@@ -107,8 +118,15 @@ pub(super) fn remove_value(c: &Caller, map: u32, kp: u32, kl: u32) -> HostResult
     write_map(c, map, |m| m.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)))
 }
 
-/// proxy_get_header_map_size: the size of the serialised map.
+/// proxy_get_header_map_size: the bytes of all names and values (Envoy's
+/// `HeaderMap::byteSize`) of a stream map.
 pub(super) fn get_size(c: &Caller, map: u32, rsp: u32) -> HostResult {
-    let size = read_map(&mut *c.state()?, map, |m| serialized_map_size(m))?.unwrap_or(4);
+    let size = {
+        let mut state = c.state()?;
+        with_stream_map(&mut state, map, |m| {
+            m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        })
+        .map_err(|_| Status::BadArgument)?
+    };
     c.write_u32(rsp, size as u32)
 }

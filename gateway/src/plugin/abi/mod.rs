@@ -96,6 +96,7 @@ pub(crate) struct HostState {
     pub vm_configuration: Vec<u8>,
     pub plugin_configuration: Vec<u8>,
     pub instance_id: u64,
+    pub abi: AbiVersion,
     pub root_context: u32,
     /// The stream whose callback runs now (moved in for the call, moved back after).
     pub stream: Option<StreamData>,
@@ -131,6 +132,7 @@ impl HostState {
             vm_configuration,
             plugin_configuration,
             instance_id: 0,
+            abi: AbiVersion::V0_2_1,
             root_context: 1,
             stream: None,
             stream_context: 0,
@@ -475,8 +477,7 @@ pub(super) fn check_exports(exports: &HashMap<String, ExportSig>) -> Result<AbiV
 /// (u32 key length, u32 value length) per pair, then each key and value
 /// followed by a NUL byte. Little-endian.
 pub(super) fn serialize_map(map: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let size = 4 + map.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
+    let mut out = Vec::with_capacity(serialized_map_size(map));
     out.extend_from_slice(&(map.len() as u32).to_le_bytes());
     for (k, v) in map {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
@@ -492,7 +493,7 @@ pub(super) fn serialize_map(map: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Size of [`serialize_map`]'s output.
-pub(super) fn serialized_map_size(map: &[(Vec<u8>, Vec<u8>)]) -> usize {
+fn serialized_map_size(map: &[(Vec<u8>, Vec<u8>)]) -> usize {
     4 + map.iter().map(|(k, v)| 8 + k.len() + v.len() + 2).sum::<usize>()
 }
 
