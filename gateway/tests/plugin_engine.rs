@@ -38,6 +38,7 @@ const MODULE: &str = r#"
   (import "env" "proxy_http_call"
     (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_get_status" (func $get_status (param i32 i32 i32) (result i32)))
   (import "env" "proxy_redis_init" (func $redis_init (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_redis_call" (func $redis_call (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
@@ -61,6 +62,7 @@ const MODULE: &str = r#"
     ":method\00GET\00:path\00/cb\00:authority\00svc\00")
   (data (i32.const 0x280) "redis-a")
   (data (i32.const 0x290) "*1\0d\0a$4\0d\0aPING\0d\0a")
+  (data (i32.const 0x2b8) "x-status")
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
     (local $ptr i32)
@@ -125,9 +127,22 @@ const MODULE: &str = r#"
     (drop (call $replace_header (i32.const 2) (i32.const 0x180) (i32.const 6) (i32.const 0x190) (i32.const 13)))
     (drop (call $remove_header (i32.const 2) (i32.const 0x1a0) (i32.const 8)))
     i32.const 0)
-  ;; The answer's body becomes a local 200 reply, and the request resumes.
+  ;; The answer's body becomes a local 200 reply, and the request resumes. A failed call (no headers)
+  ;; becomes a 502 whose body is proxy_get_status's message, with x-status: <two-digit status code>.
   (func (export "proxy_on_http_call_response") (param $ctx i32) (param $token i32) (param $nh i32) (param $bs i32)
     (param $nt i32)
+    (local $code i32)
+    (if (i32.eqz (local.get $nh))
+      (then
+        (drop (call $get_status (i32.const 0x2a0) (i32.const 0x2a4) (i32.const 0x2a8)))
+        (local.set $code (i32.load (i32.const 0x2a0)))
+        (i32.store8 (i32.const 0x2b0) (i32.add (i32.const 0x30) (i32.div_u (local.get $code) (i32.const 10))))
+        (i32.store8 (i32.const 0x2b1) (i32.add (i32.const 0x30) (i32.rem_u (local.get $code) (i32.const 10))))
+        (drop (call $add_header (i32.const 0) (i32.const 0x2b8) (i32.const 8) (i32.const 0x2b0) (i32.const 2)))
+        (drop (call $local_response (i32.const 502) (i32.const 0) (i32.const 0) (i32.load (i32.const 0x2a4))
+          (i32.load (i32.const 0x2a8)) (i32.const 0) (i32.const 0) (i32.const -1)))
+        (drop (call $continue (i32.const 0)))
+        (return)))
     (drop (call $get_buffer (i32.const 4) (i32.const 0) (local.get $bs) (i32.const 0x200) (i32.const 0x204)))
     (drop (call $local_response (i32.const 200) (i32.const 0) (i32.const 0) (i32.load (i32.const 0x200))
       (i32.load (i32.const 0x204)) (i32.const 0) (i32.const 0) (i32.const -1)))
@@ -405,6 +420,18 @@ fn http_call_is_queued_and_its_answer_delivered() {
     assert!(s.resume_request);
     let local = s.local_response.take().unwrap();
     assert_eq!((local.status, local.body.as_slice()), (200, &b"from upstream"[..]));
+
+    // A failed call: no headers, and proxy_get_status says BrokenConnection / "reset".
+    s.resume_request = false;
+    instance.on_http_call_response(ctx, token, Some(&mut s), None).unwrap();
+    assert!(s.resume_request);
+    assert_eq!(header(&s.request_headers, "x-status"), Some(&b"11"[..]));
+    let local = s.local_response.take().unwrap();
+    assert_eq!((local.status, local.body.as_slice()), (502, &b"reset"[..]));
+
+    // Delivered to the root context: stream calls are no-ops that return Ok, as in Envoy.
+    instance.on_http_call_response(1, token, None, None).unwrap();
+    assert!(!instance.is_poisoned());
 }
 
 #[test]

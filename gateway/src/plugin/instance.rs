@@ -195,6 +195,10 @@ const REDIS_STATUS_OK: u32 = 0;
 const REDIS_STATUS_NETWORK: u32 = 1;
 const REDIS_STATUS_TIMEOUT: u32 = 2;
 
+/// proxy_get_status during the answer to a failed http_call (Envoy's
+/// `WasmResult::BrokenConnection`).
+const BROKEN_CONNECTION: u32 = 11;
+
 /// Indexes into `abi::CALLBACKS` (same order).
 mod cb {
     pub const CONTEXT_CREATE: usize = 0;
@@ -444,7 +448,11 @@ impl PluginInstance {
             ],
             None => [ctx, token, 0, 0, 0],
         };
-        self.vm.state().http_response = response;
+        {
+            let mut state = self.vm.state();
+            state.call_status = response.is_none().then(|| (BROKEN_CONNECTION, b"reset".to_vec()));
+            state.http_response = response;
+        }
         self.with_optional_stream(ctx, s, |this| this.invoke(cb::HTTP_CALL_RESPONSE, &args))
     }
 
@@ -493,6 +501,7 @@ impl PluginInstance {
         let mut state = self.vm.state();
         state.http_response = None;
         state.redis_response = None;
+        state.call_status = None;
         result.map(|_| ())
     }
 

@@ -1,8 +1,9 @@
 //! Plugin-defined metrics (proxy_define_metric and friends), process-wide:
 //! defining the same name and kind again (another instance of the plugin)
-//! returns the same id, so all instances add to one series. Counters only
-//! grow; gauges are set or moved by increments; histograms count values into
-//! Envoy's default buckets. [`plugin_metric_values`] is what /metrics shows.
+//! returns the same id, so all instances add to one series. As in Envoy:
+//! counters only grow (increment by a positive offset, or record adds);
+//! gauges are set by record and moved by increments; histograms count
+//! recorded values into Envoy's default buckets. [`plugin_metric_values`] is what /metrics shows.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -108,7 +109,7 @@ fn with_metric<T>(id: u32, f: impl FnOnce(&mut MetricValue) -> Result<T, Status>
 
 pub(crate) fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
     with_metric(id, |v| match v {
-        MetricValue::Counter(c) if offset >= 0 => {
+        MetricValue::Counter(c) if offset > 0 => {
             *c = c.saturating_add(offset as u64);
             Ok(())
         }
@@ -122,9 +123,9 @@ pub(crate) fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
 
 pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), Status> {
     with_metric(id, |v| match v {
-        // A counter may be set forward only.
-        MetricValue::Counter(c) if value >= *c => {
-            *c = value;
+        // Envoy adds a recorded value to a counter.
+        MetricValue::Counter(c) => {
+            *c = c.saturating_add(value);
             Ok(())
         }
         MetricValue::Gauge(g) => {
@@ -141,7 +142,6 @@ pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), Status> {
             *sum = sum.saturating_add(value);
             Ok(())
         }
-        MetricValue::Counter(_) => Err(Status::BadArgument),
     })
 }
 
@@ -189,8 +189,10 @@ mod tests {
         assert_eq!(define_metric(MetricKind::Counter, "test_metrics_counter"), Ok(counter));
         increment_metric(counter, 3).unwrap();
         assert_eq!(increment_metric(counter, -1), Err(Status::BadArgument));
+        assert_eq!(increment_metric(counter, 0), Err(Status::BadArgument));
         assert_eq!(get_metric(counter), Ok(3));
-        assert_eq!(record_metric(counter, 2), Err(Status::BadArgument));
+        record_metric(counter, 2).unwrap();
+        assert_eq!(get_metric(counter), Ok(5));
 
         let gauge = define_metric(MetricKind::Gauge, "test_metrics_gauge").unwrap();
         record_metric(gauge, 10).unwrap();

@@ -86,11 +86,12 @@ pub(super) fn call_foreign_function(
     unimplemented(c, "proxy_call_foreign_function", Status::NotFound)
 }
 
-/// proxy_get_status: there is never a gRPC status to report; code 0, no message.
+/// proxy_get_status: during the answer to a failed http_call, Envoy's
+/// BrokenConnection (11) and "reset"; otherwise 0 and no message.
 pub(super) fn get_status(c: &Caller, code: u32, mpp: u32, msp: u32) -> HostResult {
-    c.write_u32(code, 0)?;
-    c.write_u32(mpp, 0)?;
-    c.write_u32(msp, 0)
+    let (status, message) = c.state()?.call_status.clone().unwrap_or_default();
+    c.write_u32(code, status)?;
+    c.return_bytes(&message, mpp, msp)
 }
 
 // gRPC: the SDKs accept InternalFailure from grpc_call/grpc_stream and

@@ -110,6 +110,9 @@ pub(crate) struct HostState {
     pub http_response: Option<HttpCallResponse>,
     /// The redis answer being delivered (during on_redis_call_response only).
     pub redis_response: Option<Vec<u8>>,
+    /// What proxy_get_status reports while a failed http_call is delivered:
+    /// Envoy's BrokenConnection (11) and "reset".
+    pub call_status: Option<(u32, Vec<u8>)>,
     /// Calls issued outside a stream (root context).
     pub root_pending: Vec<PendingCall>,
     pub next_token: u32,
@@ -140,6 +143,7 @@ impl HostState {
             live_contexts: HashSet::new(),
             http_response: None,
             redis_response: None,
+            call_status: None,
             root_pending: Vec::new(),
             next_token: 1,
             tick_period: None,
