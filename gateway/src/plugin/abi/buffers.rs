@@ -4,6 +4,10 @@
 use super::{buffer_type, HostResult, HostState, Status};
 use crate::plugin::vm::Caller;
 
+/// Bound on a body a plugin writes, so a looping plugin cannot grow host
+/// memory without limit.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// A copy of `buffer[start..start + max]`; NotFound when the buffer does not
 /// exist here.
 fn slice_of(state: &mut HostState, kind: u32, start: usize, max: usize) -> Result<Vec<u8>, Status> {
@@ -63,6 +67,9 @@ pub(super) fn set_bytes(c: &Caller, kind: u32, start: u32, size: u32, p: u32, l:
     };
     let start = (start as usize).min(body.len());
     let end = start.saturating_add(size as usize).min(body.len());
+    if body.len() - (end - start) + data.len() > MAX_BODY_BYTES {
+        return Err(Status::BadArgument);
+    }
     body.splice(start..end, data);
     Ok(())
 }

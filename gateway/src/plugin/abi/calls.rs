@@ -89,7 +89,7 @@ pub(super) fn http_call(
             body,
             trailers,
             timeout,
-        });
+        })?;
         token
     };
     c.write_u32(tok, token)
@@ -137,7 +137,7 @@ pub(super) fn redis_call(c: &Caller, cp: u32, cl: u32, qp: u32, ql: u32, tok: u3
             cluster,
             query,
             timeout,
-        });
+        })?;
         token
     };
     c.write_u32(tok, token)

@@ -37,9 +37,30 @@ fn with_stream_map<T>(state: &mut HostState, map: u32, f: impl FnOnce(&mut Heade
 }
 
 /// A writable stream map; other maps (http call answer, gRPC) are read-only.
-fn write_map(c: &Caller, map: u32, f: impl FnOnce(&mut HeaderMap)) -> HostResult {
+/// A write that may add `adds` bytes to a map already near [`MAX_MAP_BYTES`]
+/// is refused, so a looping plugin cannot grow host memory without limit.
+fn write_map(c: &Caller, map: u32, adds: usize, f: impl FnOnce(&mut HeaderMap)) -> HostResult {
     let mut state = c.state()?;
-    with_stream_map(&mut state, map, f).map_err(|_| Status::BadArgument)
+    with_stream_map(&mut state, map, |m| {
+        if adds > 0 && map_bytes(m) + adds > MAX_MAP_BYTES {
+            return Err(Status::BadArgument);
+        }
+        f(m);
+        Ok(())
+    })
+    .map_err(|_| Status::BadArgument)?
+}
+
+/// Bound on one header map a plugin edits, counting 32 bytes per entry on
+/// top of names and values.
+const MAX_MAP_BYTES: usize = 1 << 20;
+
+fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
+    key.len() + value.len() + 32
+}
+
+fn map_bytes(map: &HeaderMap) -> usize {
+    map.iter().map(|(k, v)| entry_bytes(k, v)).sum()
 }
 
 fn lower(key: Vec<u8>) -> Vec<u8> {
@@ -58,7 +79,10 @@ pub(super) fn set_pairs(c: &Caller, map: u32, p: u32, l: u32) -> HostResult {
     for (k, _) in &mut pairs {
         k.make_ascii_lowercase();
     }
-    write_map(c, map, |m| *m = pairs)
+    if map_bytes(&pairs) > MAX_MAP_BYTES {
+        return Err(Status::BadArgument);
+    }
+    write_map(c, map, 0, |m| *m = pairs)
 }
 
 pub(super) fn get_value(c: &Caller, map: u32, kp: u32, kl: u32, rpp: u32, rsp: u32) -> HostResult {
@@ -87,7 +111,8 @@ pub(super) fn get_value(c: &Caller, map: u32, kp: u32, kl: u32, rpp: u32, rsp: u
 pub(super) fn replace_value(c: &Caller, map: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> HostResult {
     let key = lower(c.read(kp, kl)?);
     let value = c.read(vp, vl)?;
-    write_map(c, map, |m| {
+    let adds = entry_bytes(&key, &value);
+    write_map(c, map, adds, |m| {
         let mut value = Some(value);
         m.retain_mut(|(k, v)| {
             if !k.eq_ignore_ascii_case(&key) {
@@ -110,12 +135,13 @@ pub(super) fn replace_value(c: &Caller, map: u32, kp: u32, kl: u32, vp: u32, vl:
 pub(super) fn add_value(c: &Caller, map: u32, kp: u32, kl: u32, vp: u32, vl: u32) -> HostResult {
     let key = lower(c.read(kp, kl)?);
     let value = c.read(vp, vl)?;
-    write_map(c, map, |m| m.push((key, value)))
+    let adds = entry_bytes(&key, &value);
+    write_map(c, map, adds, |m| m.push((key, value)))
 }
 
 pub(super) fn remove_value(c: &Caller, map: u32, kp: u32, kl: u32) -> HostResult {
     let key = c.read(kp, kl)?;
-    write_map(c, map, |m| m.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)))
+    write_map(c, map, 0, |m| m.retain(|(k, _)| !k.eq_ignore_ascii_case(&key)))
 }
 
 /// proxy_get_header_map_size: the bytes of all names and values (Envoy's

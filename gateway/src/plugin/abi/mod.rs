@@ -79,6 +79,9 @@ pub(super) mod buffer_type {
     pub const REDIS_CALL_RESPONSE: u32 = 9;
 }
 
+/// Bound on http/redis calls waiting for the lead in one stream (or the root).
+const MAX_PENDING_CALLS: usize = 1024;
+
 /// Per-cluster settings a plugin gave `proxy_redis_init`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
@@ -170,11 +173,18 @@ impl HostState {
 
     /// Queues a call where the lead picks it up: the stream's list during a
     /// stream callback, the root list otherwise.
-    pub(super) fn queue(&mut self, call: PendingCall) {
-        match self.stream_mut() {
-            Some(stream) => stream.pending.push(call),
-            None => self.root_pending.push(call),
+    /// At most [`MAX_PENDING_CALLS`] wait in one list; more is InternalFailure
+    /// (which the SDKs' http_call accepts as an error).
+    pub(super) fn queue(&mut self, call: PendingCall) -> Result<(), Status> {
+        let list = match self.stream_mut() {
+            Some(stream) => &mut stream.pending,
+            None => &mut self.root_pending,
+        };
+        if list.len() >= MAX_PENDING_CALLS {
+            return Err(Status::InternalFailure);
         }
+        list.push(call);
+        Ok(())
     }
 }
 

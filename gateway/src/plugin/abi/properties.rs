@@ -13,6 +13,10 @@ use super::{serialize_map, HostResult, HostState, Status};
 use crate::plugin::instance::StreamData;
 use crate::plugin::vm::Caller;
 
+/// Bounds on the values a plugin sets per context.
+const MAX_PROPERTIES: usize = 256;
+const MAX_PROPERTY_BYTES: usize = 64 << 10;
+
 fn parse_path(raw: &[u8]) -> Result<String, Status> {
     let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
     let segments: Vec<&str> = raw
@@ -125,9 +129,16 @@ pub(super) fn get(c: &Caller, pp: u32, pl: u32, rpp: u32, rsp: u32) -> HostResul
 pub(super) fn set(c: &Caller, pp: u32, pl: u32, vp: u32, vl: u32) -> HostResult {
     let path = parse_path(&c.read(pp, pl)?)?;
     let value = c.read(vp, vl)?;
+    if path.len() + value.len() > MAX_PROPERTY_BYTES {
+        return Err(Status::BadArgument);
+    }
     let mut state = c.state()?;
     let ctx = state.effective_context;
-    state.properties.entry(ctx).or_default().insert(path, value);
+    let properties = state.properties.entry(ctx).or_default();
+    if properties.len() >= MAX_PROPERTIES && !properties.contains_key(&path) {
+        return Err(Status::BadArgument);
+    }
+    properties.insert(path, value);
     Ok(())
 }
 

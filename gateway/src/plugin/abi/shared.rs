@@ -13,22 +13,34 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use super::{HostResult, Status};
 use crate::plugin::vm::Caller;
 
-/// Bound on one queue, so a plugin cannot grow host memory without limit.
+/// Bounds on shared state, so plugins cannot grow host memory without limit:
+/// items per queue, bytes per queue, and bytes of all shared data (keys and
+/// values). Past them, sets and enqueues fail.
 const MAX_QUEUE_ITEMS: usize = 10_000;
+const MAX_QUEUE_BYTES: usize = 16 << 20;
+const MAX_SHARED_DATA_BYTES: usize = 64 << 20;
 
 #[derive(Default)]
 struct Data {
     entries: HashMap<Vec<u8>, (Vec<u8>, u32)>,
     last_cas: u32,
+    /// Sum of key and value lengths.
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct Queues {
     by_name: HashMap<(String, String), u32>,
-    /// id → (consumer instance, items).
-    queues: HashMap<u32, (u64, VecDeque<Vec<u8>>)>,
+    /// id → queue.
+    queues: HashMap<u32, Queue>,
     last_id: u32,
     ready: Vec<(u64, u32)>,
+}
+
+struct Queue {
+    consumer: u64,
+    items: VecDeque<Vec<u8>>,
+    bytes: usize,
 }
 
 fn data() -> MutexGuard<'static, Data> {
@@ -61,6 +73,12 @@ pub(crate) fn set_shared(key: &[u8], value: Vec<u8>, cas: u32) -> Result<(), Sta
             }
         }
     }
+    let old = data.entries.get(key).map_or(0, |(v, _)| key.len() + v.len());
+    let bytes = data.bytes - old + key.len() + value.len();
+    if bytes > MAX_SHARED_DATA_BYTES && bytes > data.bytes {
+        return Err(Status::InternalFailure);
+    }
+    data.bytes = bytes;
     data.last_cas = data.last_cas.wrapping_add(1).max(1);
     let cas = data.last_cas;
     data.entries.insert(key.to_vec(), (value, cas));
@@ -97,7 +115,14 @@ pub(super) fn register_queue(c: &Caller, np: u32, nl: u32, idp: u32) -> HostResu
                 id
             }
         };
-        q.queues.entry(id).or_insert_with(|| (instance, VecDeque::new())).0 = instance;
+        q.queues
+            .entry(id)
+            .or_insert_with(|| Queue {
+                consumer: instance,
+                items: VecDeque::new(),
+                bytes: 0,
+            })
+            .consumer = instance;
         id
     };
     c.write_u32(idp, id)
@@ -115,8 +140,10 @@ pub(super) fn resolve_queue(c: &Caller, vp: u32, vl: u32, np: u32, nl: u32, idp:
 pub(super) fn dequeue(c: &Caller, id: u32, rpp: u32, rsp: u32) -> HostResult {
     let item = {
         let mut q = queues();
-        let (_, items) = q.queues.get_mut(&id).ok_or(Status::NotFound)?;
-        items.pop_front().ok_or(Status::Empty)?
+        let queue = q.queues.get_mut(&id).ok_or(Status::NotFound)?;
+        let item = queue.items.pop_front().ok_or(Status::Empty)?;
+        queue.bytes -= item.len();
+        item
     };
     c.return_bytes(&item, rpp, rsp)
 }
@@ -125,12 +152,13 @@ pub(super) fn dequeue(c: &Caller, id: u32, rpp: u32, rsp: u32) -> HostResult {
 pub(super) fn enqueue(c: &Caller, id: u32, p: u32, l: u32) -> HostResult {
     let item = c.read(p, l)?;
     let mut q = queues();
-    let (consumer, items) = q.queues.get_mut(&id).ok_or(Status::NotFound)?;
-    if items.len() >= MAX_QUEUE_ITEMS {
+    let queue = q.queues.get_mut(&id).ok_or(Status::NotFound)?;
+    if queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + item.len() > MAX_QUEUE_BYTES {
         return Err(Status::InternalFailure);
     }
-    items.push_back(item);
-    let entry = (*consumer, id);
+    queue.bytes += item.len();
+    queue.items.push_back(item);
+    let entry = (queue.consumer, id);
     if !q.ready.contains(&entry) {
         q.ready.push(entry);
     }
