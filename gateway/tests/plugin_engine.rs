@@ -868,8 +868,10 @@ fn wasi_stdout_and_proxy_log_reach_the_gateway_log() {
     let module = module(
         r#"(module
           (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
           (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
           (memory (export "memory") 1)
+          (data (i32.const 0x400) "\00\05\00\00\10\00\00\00")
           (data (i32.const 0x300) "\10\03\00\00\15\00\00\00")
           (data (i32.const 0x310) "wasi says hello 1234\n")
           (data (i32.const 0x340) "proxy_log says hi")
@@ -880,7 +882,11 @@ fn wasi_stdout_and_proxy_log_reach_the_gateway_log() {
             (drop (call $fd_write (i32.const 1) (i32.const 0x300) (i32.const 1) (i32.const 0x3f0)))
             (drop (call $fd_write (i32.const 2) (i32.const 0x300) (i32.const 1) (i32.const 0x3f0)))
             (drop (call $log (i32.const 3) (i32.const 0x340) (i32.const 17)))
-            i32.const 1))"#,
+            ;; stdin is empty (/dev/null): read succeeds with 0 bytes.
+            (i32.store (i32.const 0x410) (i32.const 99))
+            (i32.and
+              (i32.eqz (call $fd_read (i32.const 0) (i32.const 0x400) (i32.const 1) (i32.const 0x410)))
+              (i32.eqz (i32.load (i32.const 0x410))))))"#,
     );
     PluginInstance::start(&module, &settings("engine-wasi")).unwrap();
     // The stdout reader thread logs asynchronously: wait for its lines.

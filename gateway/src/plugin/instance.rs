@@ -264,6 +264,7 @@ impl PluginInstance {
         let config = InstanceConfig {
             max_memory_bytes: settings.max_memory_bytes,
             program_name: &settings.plugin_name,
+            stdin_fd: abi::wasi::stdin_fd()?,
             stdout_fd: output,
             stderr_fd: output,
         };

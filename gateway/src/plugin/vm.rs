@@ -341,7 +341,8 @@ pub(super) struct InstanceConfig<'a> {
     pub max_memory_bytes: u64,
     /// argv[0] for WASI.
     pub program_name: &'a str,
-    /// Raw fds WASI uses for the guest's stdout and stderr.
+    /// Raw fds WASI uses for the guest's stdin, stdout and stderr.
+    pub stdin_fd: i64,
     pub stdout_fd: i64,
     pub stderr_fd: i64,
 }
@@ -423,7 +424,12 @@ impl Instance {
                 sys::wasm_runtime_instantiation_args_set_host_managed_heap_size(args, 0);
                 sys::wasm_runtime_instantiation_args_set_max_memory_pages(args, pages);
                 sys::wasm_runtime_instantiation_args_set_wasi_arg(args, argv.as_mut_ptr(), 1);
-                sys::wasm_runtime_instantiation_args_set_wasi_stdio(args, -1, config.stdout_fd, config.stderr_fd);
+                sys::wasm_runtime_instantiation_args_set_wasi_stdio(
+                    args,
+                    config.stdin_fd,
+                    config.stdout_fd,
+                    config.stderr_fd,
+                );
                 let inst = sys::wasm_runtime_instantiate_ex2(module.raw, args, err.as_mut_ptr(), ERROR_BUF as u32);
                 sys::wasm_runtime_instantiation_args_destroy(args);
                 inst

@@ -4,6 +4,8 @@
 //! streams, and one reader thread that logs every line at info level with
 //! the plugin's name. Pipes live for the process (WAMR never closes stdio
 //! fds it was given). A write blocks only while the reader is behind.
+//! Stdin is /dev/null: left at WAMR's default, a plugin would read the
+//! gateway's own stdin and could block a worker in `read`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, PipeWriter, Read};
@@ -16,6 +18,15 @@ const MAX_LINE: usize = 16 * 1024;
 fn writers() -> &'static Mutex<HashMap<String, PipeWriter>> {
     static WRITERS: OnceLock<Mutex<HashMap<String, PipeWriter>>> = OnceLock::new();
     WRITERS.get_or_init(Default::default)
+}
+
+/// The raw fd every instance reads as stdin: /dev/null, opened once.
+pub(crate) fn stdin_fd() -> Result<i64, String> {
+    static NULL: OnceLock<Result<std::fs::File, String>> = OnceLock::new();
+    NULL.get_or_init(|| std::fs::File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}")))
+        .as_ref()
+        .map(|file| i64::from(file.as_raw_fd()))
+        .map_err(Clone::clone)
 }
 
 /// The raw fd the plugin's instances write stdout and stderr to.
