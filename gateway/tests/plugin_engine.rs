@@ -19,7 +19,7 @@ use tollgate::plugin::{
 
 /// A proxy-wasm 0.2.1 module. The request header `x-test` picks what
 /// `proxy_on_request_headers` does (first byte): `l` local 403 reply, `t`
-/// trap, `o` out-of-bounds load, `i` infinite loop, `m` grow memory until it fails then abort, `p`
+/// trap, `o` out-of-bounds load, `s` sleep 10 s in WASI, `i` infinite loop, `m` grow memory until it fails then abort, `p`
 /// pause, `c` http_call to cluster-a, `r` redis PING to redis-a; every
 /// stream gets `x-added: yes`. A plugin configuration starting with `r` is
 /// rejected, one starting with `i` loops forever. Response headers: `server` replaced, `x-remove` removed. The
@@ -41,6 +41,7 @@ const MODULE: &str = r#"
   (import "env" "proxy_get_status" (func $get_status (param i32 i32 i32) (result i32)))
   (import "env" "proxy_redis_init" (func $redis_init (param i32 i32 i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_redis_call" (func $redis_call (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (global $heap (mut i32) (i32.const 65536))
   (data (i32.const 0x100) "x-test")
@@ -63,6 +64,9 @@ const MODULE: &str = r#"
   (data (i32.const 0x280) "redis-a")
   (data (i32.const 0x290) "*1\0d\0a$4\0d\0aPING\0d\0a")
   (data (i32.const 0x2b8) "x-status")
+  ;; A WASI clock subscription: monotonic clock, 10 s relative.
+  (data (i32.const 0x300) "\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00\01\00\00\00\00\00\00\00"
+    "\00\e4\0b\54\02\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00\00")
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
     (local $ptr i32)
@@ -99,6 +103,8 @@ const MODULE: &str = r#"
     (if (i32.eq (local.get $c) (i32.const 0x74)) (then unreachable)) ;; t
     (if (i32.eq (local.get $c) (i32.const 0x6f)) (then (return (i32.load (i32.const -16))))) ;; o
     (if (i32.eq (local.get $c) (i32.const 0x69)) (then (loop $spin (br $spin)))) ;; i
+    (if (i32.eq (local.get $c) (i32.const 0x73)) ;; s: sleep 10 s in WASI poll_oneoff
+      (then (drop (call $poll_oneoff (i32.const 0x300) (i32.const 0x340) (i32.const 1) (i32.const 0x380)))))
     (if (i32.eq (local.get $c) (i32.const 0x6d)) ;; m
       (then (loop $more
         (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1)) (then unreachable))
@@ -359,6 +365,20 @@ fn assert_loop_is_terminated(module: &Arc<PluginModule>) {
 #[test]
 fn infinite_loop_is_terminated_by_the_watchdog_interp() {
     assert_loop_is_terminated(&module(MODULE));
+}
+
+/// A WASI clock sleep is not a loop: WAMR ends it at its next 1 s slice.
+#[test]
+fn sleeping_in_wasi_is_interrupted_by_the_watchdog() {
+    let module = module(MODULE);
+    let mut instance = PluginInstance::start(&module, &settings("engine-sleep")).unwrap();
+    let ctx = instance.create_stream().unwrap();
+    let started = Instant::now();
+    let fault = instance.on_request_headers(ctx, &mut request("s"), true).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(fault.kind, FaultKind::Timeout, "{fault}");
+    // WAMR sleeps in 1 s slices and checks for termination between them.
+    assert!(took < Duration::from_millis(1600), "a 10 s sleep ended after {took:?}");
 }
 
 #[test]

@@ -38,11 +38,14 @@
 //!    exception) and re-reads the base address after every call into the
 //!    guest (`memory.grow` may move it).
 //! 8. **Termination.** Only the watchdog calls `wasm_runtime_terminate`, on an
-//!    instance registered for a call in progress, under the watchdog's lock,
-//!    which unregistering also takes: the instance cannot be destroyed while
-//!    the watchdog touches it. The exec env is created with
-//!    `wasm_runtime_create_exec_env`, which registers a thread-manager cluster,
-//!    so terminate reaches the running call.
+//!    instance registered for a call in progress whose entry it has marked
+//!    `Terminating`; unregistering such an entry waits until terminate has
+//!    returned, so the instance cannot be destroyed while the watchdog touches
+//!    it. The exec env is created with `wasm_runtime_create_exec_env`, which
+//!    registers a thread-manager cluster, so terminate reaches the running
+//!    call (and, for a blocking WASI call, signals its thread with SIGUSR1:
+//!    WAMR installs a no-op SIGUSR1 handler at init, so the gateway must not
+//!    use that signal).
 
 use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
@@ -378,8 +381,9 @@ impl TerminateHandle {
     /// Makes the running call of this instance stop with "terminated by user".
     ///
     /// # Safety
-    /// The instance must be alive: the caller holds the watchdog lock and the
-    /// instance is registered for a call in progress (invariant 8).
+    /// The instance must be alive and stay alive until this returns: it is
+    /// registered with the watchdog for a call in progress, and unregistering
+    /// waits for this call to return (invariant 8).
     pub(super) unsafe fn terminate(self) {
         // SAFETY: the caller guarantees the instance is alive; WAMR's terminate is
         // meant to be called from another thread (it takes the exception lock).

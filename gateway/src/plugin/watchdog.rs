@@ -6,16 +6,38 @@
 //! `wasm_runtime_terminate` on that instance, which makes the running call
 //! return "terminated by user". No thread per call and no polling loop: the
 //! thread wakes at most once per deadline.
+//!
+//! `wasm_runtime_terminate` can take a while: when the guest sits in a WASI
+//! call WAMR treats as blocking, WAMR signals the thread (SIGUSR1) every
+//! 50 ms until it leaves the call. So the watchdog calls it without holding
+//! the table lock (registering and unregistering stay fast for every other
+//! call) and marks the entry `Terminating` meanwhile; unregistering such an
+//! entry waits until terminate has returned, so an instance is never
+//! destroyed while the watchdog still touches it.
+//!
+//! WAMR checks for termination at loop back-edges (interpreter; AOT with the
+//! suspend-check patch of tollgate-aotc), interrupts blocking WASI calls by
+//! signal, and ends a WASI clock sleep (`poll_oneoff` on clocks only, slept
+//! in 1 s slices) at the end of the current slice: such a sleep stops within
+//! about one second rather than at the deadline.
 
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::vm::TerminateHandle;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Armed,
+    /// The watchdog is calling terminate right now, outside the lock.
+    Terminating,
+    Fired,
+}
+
 struct Entry {
     handle: TerminateHandle,
     deadline: Instant,
-    fired: bool,
+    state: State,
 }
 
 #[derive(Default)]
@@ -28,7 +50,10 @@ struct Table {
 
 struct Watchdog {
     table: Mutex<Table>,
+    /// Wakes the watchdog thread for an earlier deadline.
     wake: Condvar,
+    /// Wakes callers waiting for a terminate in progress to finish.
+    terminated: Condvar,
 }
 
 fn watchdog() -> &'static Watchdog {
@@ -37,6 +62,7 @@ fn watchdog() -> &'static Watchdog {
         let dog: &'static Watchdog = Box::leak(Box::new(Watchdog {
             table: Mutex::new(Table::default()),
             wake: Condvar::new(),
+            terminated: Condvar::new(),
         }));
         std::thread::Builder::new()
             .name("plugin-watchdog".into())
@@ -58,14 +84,6 @@ impl Drop for Guard {
     }
 }
 
-/// Frees a slot; true when its call had been terminated.
-fn release(slot: usize) -> bool {
-    let mut table = watchdog().lock();
-    let fired = table.slots[slot].take().is_some_and(|e| e.fired);
-    table.free.push(slot);
-    fired
-}
-
 /// Registers a call on `handle` that must finish within `limit`.
 pub(super) fn register(handle: TerminateHandle, limit: Duration) -> Guard {
     let dog = watchdog();
@@ -74,7 +92,7 @@ pub(super) fn register(handle: TerminateHandle, limit: Duration) -> Guard {
     let entry = Some(Entry {
         handle,
         deadline,
-        fired: false,
+        state: State::Armed,
     });
     let slot = match table.free.pop() {
         Some(slot) => {
@@ -99,10 +117,26 @@ impl Guard {
     /// overran, whatever it returned).
     pub(super) fn finish(self) -> bool {
         let fired = release(self.slot);
-        // Released above, under the same lock that read `fired`.
+        // Released above, under the same lock that read the state.
         std::mem::forget(self);
         fired
     }
+}
+
+/// Frees a slot once no terminate is in progress on it; true when its call
+/// had been terminated.
+fn release(slot: usize) -> bool {
+    let dog = watchdog();
+    let mut table = dog.lock();
+    while table.slots[slot]
+        .as_ref()
+        .is_some_and(|e| e.state == State::Terminating)
+    {
+        table = dog.terminated.wait(table).unwrap_or_else(PoisonError::into_inner);
+    }
+    let fired = table.slots[slot].take().is_some_and(|e| e.state == State::Fired);
+    table.free.push(slot);
+    fired
 }
 
 impl Watchdog {
@@ -111,22 +145,39 @@ impl Watchdog {
     }
 
     fn run(&self) {
+        let mut overdue = Vec::new();
         let mut table = self.lock();
         loop {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
-            for entry in table.slots.iter_mut().flatten() {
-                if entry.fired {
+            for (slot, entry) in table.slots.iter_mut().enumerate() {
+                let Some(entry) = entry else { continue };
+                if entry.state != State::Armed {
                     continue;
                 }
                 if entry.deadline <= now {
-                    // SAFETY: the entry is registered, so its call is in progress and
-                    // the instance alive; unregistering needs this lock, which we hold.
-                    unsafe { entry.handle.terminate() };
-                    entry.fired = true;
+                    entry.state = State::Terminating;
+                    overdue.push((slot, entry.handle));
                 } else {
                     next = Some(next.map_or(entry.deadline, |n| n.min(entry.deadline)));
                 }
+            }
+            if !overdue.is_empty() {
+                drop(table);
+                for &(_, handle) in &overdue {
+                    // SAFETY: the entry is Terminating, so `release` of its call waits
+                    // for us: the call is still in progress and the instance alive.
+                    unsafe { handle.terminate() };
+                }
+                table = self.lock();
+                for (slot, _) in overdue.drain(..) {
+                    if let Some(entry) = table.slots[slot].as_mut() {
+                        entry.state = State::Fired;
+                    }
+                }
+                self.terminated.notify_all();
+                // Deadlines may have been registered meanwhile: scan again.
+                continue;
             }
             table.planned_wake = next;
             table = match next {
