@@ -735,3 +735,28 @@ fn redis_connections_are_reused_and_survive_the_server_closing_them() {
         "reconnects after redis closed the idle connection"
     );
 }
+
+#[test]
+fn request_trailers_reach_the_plugins() {
+    let up = Upstream::start(Behaviour::Echo);
+    for mode in Mode::BOTH {
+        let plugins = format!(
+            r#"{{plugins: [{{name: probe, module: "{m}", configuration: {{tick_ms: 0}}}}]}}"#,
+            m = module("test-probe", mode)
+        );
+        let gw = Gateway::start(&config(&up, 1, &plugins, ""));
+        let mut conn = Conn::connect(gw.addr("http")).unwrap();
+        conn.send(
+            b"POST /t HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\nX-Sum: 1\r\nX-Tag: a\r\n\r\n",
+        )
+        .unwrap();
+        let r = conn.read_response().unwrap();
+        assert_eq!(r.status, 200, "{mode:?}: {}", r.body_str());
+        assert_eq!(upstream_header(&r, "x-probe-trailers").as_deref(), Some("x-sum,x-tag"));
+        assert_eq!(r.json()["body_len"], 5);
+        // The framing stayed in sync: the connection serves the next request.
+        let next = conn.exchange(&request("GET", "b.test", "/n", &[], None)).unwrap();
+        assert_eq!(next.status, 200);
+    }
+}

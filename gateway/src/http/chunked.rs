@@ -42,6 +42,9 @@ pub struct ChunkedDecoder {
     line_len: usize,
     trailer_len: usize,
     last_chunk: bool,
+    /// The trailer section's lines (LF-separated, CR dropped), kept only when
+    /// asked for: plugins read trailers, the plain proxy forwards them raw.
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -67,7 +70,35 @@ impl ChunkedDecoder {
             line_len: 0,
             trailer_len: 0,
             last_chunk: false,
+            trailers: None,
         }
+    }
+
+    /// A decoder that also keeps the trailer fields for [`take_trailers`](Self::take_trailers).
+    pub fn keeping_trailers() -> ChunkedDecoder {
+        ChunkedDecoder {
+            trailers: Some(Vec::new()),
+            ..ChunkedDecoder::new()
+        }
+    }
+
+    /// The trailer fields seen so far as (lower-case name, value) pairs;
+    /// lines without a colon are dropped.
+    pub fn take_trailers(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let Some(raw) = self.trailers.as_mut() else {
+            return Vec::new();
+        };
+        let fields = raw
+            .split(|&b| b == b'\n')
+            .filter_map(|line| {
+                let colon = line.iter().position(|&b| b == b':')?;
+                let name = line[..colon].to_ascii_lowercase();
+                let value = line[colon + 1..].trim_ascii().to_vec();
+                (!name.is_empty() && !name.contains(&b' ')).then_some((name, value))
+            })
+            .collect();
+        raw.clear();
+        fields
     }
 
     pub fn is_done(&self) -> bool {
@@ -152,11 +183,18 @@ impl ChunkedDecoder {
                     match byte {
                         b'\r' => self.state = State::TrailerLf,
                         b'\n' | 0 => return Err(HttpError::BadRequest("invalid byte in trailer")),
-                        _ => {}
+                        _ => {
+                            if let Some(trailers) = self.trailers.as_mut() {
+                                trailers.push(byte);
+                            }
+                        }
                     }
                 }
                 State::TrailerLf => {
                     expect_lf(byte)?;
+                    if let Some(trailers) = self.trailers.as_mut() {
+                        trailers.push(b'\n');
+                    }
                     self.state = State::TrailerLineStart;
                 }
                 State::FinalLf => {
@@ -198,6 +236,24 @@ fn expect_lf(byte: u8) -> Result<(), HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailers_are_kept_only_when_asked() {
+        let body = b"3\r\nabc\r\n0\r\nX-Checksum: 42 \r\nExpires:never\r\n\r\n";
+        let mut keeping = ChunkedDecoder::keeping_trailers();
+        let decoded = keeping.decode(body, |_| {}).unwrap();
+        assert!(decoded.done);
+        assert_eq!(
+            keeping.take_trailers(),
+            vec![
+                (b"x-checksum".to_vec(), b"42".to_vec()),
+                (b"expires".to_vec(), b"never".to_vec())
+            ]
+        );
+        let mut plain = ChunkedDecoder::new();
+        plain.decode(body, |_| {}).unwrap();
+        assert!(plain.take_trailers().is_empty());
+    }
 
     fn decode_all(input: &[u8]) -> Result<(Vec<u8>, Decoded), HttpError> {
         let mut decoder = ChunkedDecoder::new();

@@ -160,7 +160,7 @@ async fn filter_request_body(
             BodyFraming::ContentLength(length) => length,
             _ => 0,
         },
-        decoder: ChunkedDecoder::new(),
+        decoder: ChunkedDecoder::keeping_trailers(),
         upstream_length: None,
     };
     let mut received = 0u64;
@@ -180,9 +180,12 @@ async fn filter_request_body(
             let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
             let out = chain.body(targets, Direction::Request, data, done).await?;
             body.passed.extend_from_slice(&out);
-        }
-        if done {
-            return Ok(RequestBodyStart::Whole(body.passed));
+            if done {
+                // The plugins see the trailers; a body sent with Content-Length
+                // cannot carry them upstream (RFC 9112 §7.1.2 lets them go).
+                request_trailers(chain, targets, &mut body.decoder).await?;
+                return Ok(RequestBodyStart::Whole(body.passed));
+            }
         }
         let holding = ex
             .plugins
@@ -254,8 +257,16 @@ pub(super) async fn stream_request_body(
                     }));
                 }
             }
+            if done {
+                request_trailers(chain, &targets, &mut filtered.decoder)
+                    .await
+                    .map_err(|verdict| Failure::Plugin(verdict_error(verdict)))?;
+            }
             conn.out.clear();
-            encode_request_chunk(&mut conn.out, filtered.upstream_length.is_none(), &out, done);
+            match filtered.upstream_length {
+                Some(_) => conn.out.extend_from_slice(&out),
+                None => encode_chunk(&mut conn.out, &out, done.then_some(&chain.data.request_trailers)),
+            }
             write_all(&mut upstream.stream, &mut conn.out, route.send_timeout)
                 .await
                 .map_err(|error| match error.kind() {
@@ -273,19 +284,43 @@ pub(super) async fn stream_request_body(
     }
 }
 
-/// Appends request body bytes in the upstream framing.
-pub(super) fn encode_request_chunk(out: &mut Vec<u8>, chunked: bool, data: &[u8], finished: bool) {
-    if !chunked {
-        out.extend_from_slice(data);
-        return;
+/// Runs the request trailers the chunked body carried (if any) through the plugins.
+async fn request_trailers(
+    chain: &mut StreamChain,
+    targets: &WorkerTargets<'_>,
+    decoder: &mut ChunkedDecoder,
+) -> Result<(), Verdict> {
+    let trailers = decoder.take_trailers();
+    if trailers.is_empty() {
+        return Ok(());
     }
+    chain.data.request_trailers = trailers;
+    match chain.trailers(targets, Direction::Request).await {
+        Verdict::Continue => Ok(()),
+        verdict => Err(verdict),
+    }
+}
+
+/// Appends `data` as one chunk (none when empty); with `last`, then the last
+/// chunk and these trailer fields.
+pub(super) fn encode_chunk(out: &mut Vec<u8>, data: &[u8], last: Option<&HeaderMap>) {
     if !data.is_empty() {
         let _ = write!(out, "{:x}\r\n", data.len());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     }
-    if finished {
-        out.extend_from_slice(b"0\r\n\r\n");
+    if let Some(trailers) = last {
+        out.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers {
+            let splits = name.is_empty() || name.iter().chain(value).any(|&b| b == b'\r' || b == b'\n');
+            if !splits && name.first() != Some(&b':') {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -466,7 +501,7 @@ pub(super) async fn forward_response(
         BodyFraming::ContentLength(length) => length,
         _ => 0,
     };
-    let mut decoder = ChunkedDecoder::new();
+    let mut decoder = ChunkedDecoder::keeping_trailers();
     let mut finished = !has_body;
     loop {
         let available = &conn.upstream_buf[pos..];
@@ -497,8 +532,26 @@ pub(super) async fn forward_response(
             match chain.body(&targets, Direction::Response, data, finished).await {
                 Ok(out) => {
                     sent_body += out.len() as u64;
+                    if finished {
+                        let trailers = decoder.take_trailers();
+                        if !trailers.is_empty() {
+                            chain.data.response_trailers = trailers;
+                            // The head is out or about to be: only the trailers can still change.
+                            let verdict = chain.trailers(&targets, Direction::Response).await;
+                            if !matches!(verdict, Verdict::Continue) {
+                                tracing::debug!(?verdict, "plugin chain stopped at the response trailers");
+                            }
+                        }
+                    }
                     if !is_head {
-                        encode_body(&mut conn.out, framing, &out, finished);
+                        match framing {
+                            ClientFraming::None => {}
+                            ClientFraming::Length(_) | ClientFraming::UntilClose => conn.out.extend_from_slice(&out),
+                            ClientFraming::Chunked => {
+                                let last = finished.then_some(&chain.data.response_trailers);
+                                encode_chunk(&mut conn.out, &out, last);
+                            }
+                        }
                     }
                 }
                 Err(verdict) => {
@@ -562,23 +615,6 @@ pub(super) async fn forward_response(
         reuse_upstream: definite_upstream(response) && pos == conn.upstream_buf.len(),
         ..Forwarded::default()
     })
-}
-
-fn encode_body(out: &mut Vec<u8>, framing: ClientFraming, data: &[u8], finished: bool) {
-    match framing {
-        ClientFraming::None => {}
-        ClientFraming::Length(_) | ClientFraming::UntilClose => out.extend_from_slice(data),
-        ClientFraming::Chunked => {
-            if !data.is_empty() {
-                let _ = write!(out, "{:x}\r\n", data.len());
-                out.extend_from_slice(data);
-                out.extend_from_slice(b"\r\n");
-            }
-            if finished {
-                out.extend_from_slice(b"0\r\n\r\n");
-            }
-        }
-    }
 }
 
 /// Writes the response head from the plugins' header map into `conn.out`.

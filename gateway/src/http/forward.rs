@@ -521,8 +521,10 @@ async fn exchange(
     conn.out.extend_from_slice(request_head);
     let first_body_bytes = match (&body.filtered, body.buffered_len) {
         (Some(filtered), _) => {
-            let chunked = filtered.upstream_length.is_none();
-            super::filtered::encode_request_chunk(&mut conn.out, chunked, &filtered.passed, false);
+            match filtered.upstream_length {
+                Some(_) => conn.out.extend_from_slice(&filtered.passed),
+                None => super::filtered::encode_chunk(&mut conn.out, &filtered.passed, None),
+            }
             0
         }
         (None, Some(len)) => len,

@@ -179,6 +179,18 @@ impl HttpContext for ProbeStream {
         Action::Continue
     }
 
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // Names the trailers it saw in a request header: a host that builds the
+        // upstream head after the body (a buffered body) forwards it.
+        let names: Vec<String> = self
+            .get_http_request_trailers()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        self.set_http_request_header("x-probe-trailers", Some(&names.join(",")));
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.set_http_response_header("x-probe-response", Some("1"));
         self.set_http_response_header("x-probe-hits", Some(self.hits.as_deref().unwrap_or("-")));
