@@ -915,7 +915,7 @@ fn wasi_stdout_and_proxy_log_reach_the_gateway_log() {
     let mut log = lock.lock().unwrap();
     loop {
         let text = String::from_utf8_lossy(&log).into_owned();
-        if text.matches("stdout: wasi says hello 1234").count() == 2 && text.contains("proxy_log says hi") {
+        if text.matches("output: wasi says hello 1234").count() == 2 && text.contains("proxy_log says hi") {
             assert!(text.contains("engine-wasi"), "{text}");
             break;
         }

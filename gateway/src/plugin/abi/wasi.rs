@@ -48,7 +48,7 @@ pub(crate) fn output_fd(plugin: &str) -> Result<i64, String> {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {
                         let text = String::from_utf8_lossy(&line);
-                        tracing::info!(target: "plugin", plugin = %name, "stdout: {}", text.trim_end());
+                        tracing::info!(target: "plugin", plugin = %name, "output: {}", text.trim_end());
                     }
                 }
             }
