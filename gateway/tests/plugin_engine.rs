@@ -924,3 +924,35 @@ fn wasi_stdout_and_proxy_log_reach_the_gateway_log() {
         log = written.wait_timeout(log, left).unwrap().0;
     }
 }
+
+/// A WASI command (TinyGo's shape): `_start` runs main, which may end with
+/// `proc_exit(0)`; another exit code refuses the start.
+#[test]
+fn command_modules_start_through_start_and_may_exit_zero() {
+    let command = |code: u32| {
+        module(&format!(
+            r#"(module
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+              (memory (export "memory") 1)
+              (global $started (mut i32) (i32.const 0))
+              (data (i32.const 0x10) "x-started")
+              (func (export "_start") (global.set $started (i32.const 1)) (call $exit (i32.const {code})))
+              (func (export "proxy_abi_version_0_2_1"))
+              (func (export "malloc") (param i32) (result i32) i32.const 0x1000)
+              (func (export "proxy_on_context_create") (param i32 i32))
+              (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+                (i32.store8 (i32.const 0x20) (i32.add (i32.const 0x30) (global.get $started)))
+                (drop (call $add (i32.const 0) (i32.const 0x10) (i32.const 9) (i32.const 0x20) (i32.const 1)))
+                i32.const 0))"#
+        ))
+    };
+    let mut instance = PluginInstance::start(&command(0), &settings("engine-command")).unwrap();
+    let ctx = instance.create_stream().unwrap();
+    let mut s = request("");
+    instance.on_request_headers(ctx, &mut s, true).unwrap();
+    assert_eq!(header(&s.request_headers, "x-started"), Some(&b"1"[..]));
+
+    let err = PluginInstance::start(&command(3), &settings("engine-command")).unwrap_err();
+    assert!(err.starts_with("module initialisation failed: trap"), "{err}");
+}
