@@ -319,10 +319,16 @@ impl PluginInstance {
         };
         match self.call(start, &[]) {
             Ok(_) => Ok(()),
-            Err(fault) if fault.message.contains("wasi proc exit") && self.vm.wasi_exit_code() == 0 => {
-                self.poisoned = None;
-                Ok(())
-            }
+            Err(fault) if fault.message.contains("wasi proc exit") => match self.vm.wasi_exit_code() {
+                0 => {
+                    self.poisoned = None;
+                    Ok(())
+                }
+                code => Err(Fault {
+                    kind: FaultKind::Trap,
+                    message: format!("_start exited with code {code}"),
+                }),
+            },
             Err(fault) => Err(fault),
         }
     }
