@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use super::tests::test_module;
 use super::{proto, ChangeSet, Settings, Snapshot};
 use crate::route::RouteAction;
 
@@ -555,7 +556,7 @@ fn same_hosts(before: &Snapshot, after: &Snapshot) -> bool {
 
 #[test]
 fn plugins_are_upserted_and_deleted_without_rebuilding_hosts() {
-    let path = module("upsert", b"module one");
+    let path = module("upsert", &test_module(1));
     let first = build(base());
     let mut auth = plugin("auth", &path, &["a"], &[]);
     let second = apply(
@@ -657,7 +658,7 @@ fn plugins_are_upserted_and_deleted_without_rebuilding_hosts() {
 
 #[test]
 fn host_changes_read_no_module_and_keep_what_plugins_name() {
-    let path = module("hosts", b"module");
+    let path = module("hosts", &test_module(1));
     let mut config = base();
     config.plugins = Some(proto::Plugins {
         vm_budget: 8,
@@ -719,7 +720,7 @@ fn host_changes_read_no_module_and_keep_what_plugins_name() {
 
 #[test]
 fn a_changed_module_file_is_a_new_plugin_version() {
-    let path = module("reload", b"version one");
+    let path = module("reload", &test_module(1));
     let mut config = base();
     config.plugins = Some(proto::Plugins {
         plugins: vec![plugin("p", &path, &[], &[])],
@@ -733,19 +734,29 @@ fn a_changed_module_file_is_a_new_plugin_version() {
     assert!(Arc::ptr_eq(&v1, &second.plugin_config.plugins[0]));
 
     // The file rewritten with the same bytes: the same version and bytes.
-    replace(&path, b"version one");
+    replace(&path, &test_module(1));
     let third = Snapshot::build(config.clone(), Some(&second)).unwrap_or_else(|e| panic!("{e}"));
     let same = &third.plugin_config.plugins[0];
     assert_eq!(same.version, v1.version);
     assert!(Arc::ptr_eq(&same.module, &v1.module));
 
     // New bytes: a new version (hot update); no host is rebuilt.
-    replace(&path, b"version two!");
+    replace(&path, &test_module(2));
     let fourth = Snapshot::build(config.clone(), Some(&third)).unwrap_or_else(|e| panic!("{e}"));
     let v2 = &fourth.plugin_config.plugins[0];
     assert_ne!(v2.version, v1.version);
-    assert_eq!(v2.module_hash, xxhash_rust::xxh3::xxh3_64(b"version two!"));
-    assert_eq!(&*v2.module, b"version two!");
+    assert_eq!(v2.module_hash, xxhash_rust::xxh3::xxh3_64(&test_module(2)));
+    assert_eq!(&*v2.module, test_module(2).as_slice());
+    // The running instances follow the version: kept while it holds, new for new bytes.
+    let loaded = |snapshot: &Snapshot| Arc::clone(snapshot.plugins.iter().next().expect("one plugin loaded"));
+    assert!(
+        Arc::ptr_eq(&loaded(&first), &loaded(&third)),
+        "same version, same instances"
+    );
+    assert!(
+        !Arc::ptr_eq(&loaded(&third), &loaded(&fourth)),
+        "a new version starts new instances"
+    );
     assert!(same_hosts(&third, &fourth));
     assert_eq!(chain(&fourth, "a", "r"), ["p"]);
 

@@ -553,6 +553,22 @@ fn runtime_settings_alone_ignore_the_rest() {
 }
 
 /// A fresh directory for one test's module files.
+/// A minimal proxy-wasm module (ABI 0.2.1) that accepts any configuration;
+/// `variant` changes its bytes, so two variants are two plugin versions.
+pub(super) fn test_module(variant: u32) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+            (memory (export "memory") 1)
+            (global $variant i32 (i32.const {variant}))
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+            (func (export "proxy_on_context_create") (param i32 i32))
+            (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+            (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1)))"#
+    ))
+    .expect("the test module assembles")
+}
+
 fn module_dir(test: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tollgate-config-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -647,7 +663,8 @@ plugins:
 fn plugin_defaults_apply_in_one_place() {
     let dir = module_dir("defaults");
     let module = dir.join("auth.wasm");
-    std::fs::write(&module, b"\0asm fake module").unwrap();
+    let bytes = test_module(1);
+    std::fs::write(&module, &bytes).unwrap();
     let snapshot = build(&plugin_config(&format!(
         "  plugins: [{{name: auth, module: {}, configuration: {{realm: x}}}}]",
         module.display()
@@ -671,8 +688,8 @@ fn plugin_defaults_apply_in_one_place() {
     assert_eq!(&*auth.name, "auth");
     assert_eq!(auth.module_path, module);
     assert_eq!(auth.module_kind, ModuleKind::Wasm);
-    assert_eq!(&*auth.module, b"\0asm fake module");
-    assert_eq!(auth.module_hash, xxhash_rust::xxh3::xxh3_64(b"\0asm fake module"));
+    assert_eq!(&*auth.module, bytes.as_slice());
+    assert_eq!(auth.module_hash, xxhash_rust::xxh3::xxh3_64(&bytes));
     assert_eq!(&*auth.configuration, br#"{"realm":"x"}"#);
     assert!(auth.vm_configuration.is_empty());
     assert_eq!(auth.root_id, "");
@@ -682,9 +699,9 @@ fn plugin_defaults_apply_in_one_place() {
     assert_eq!(auth.max_call_time, Duration::from_millis(100));
     assert!(auth.rule.is_all());
     let debug = format!("{auth:?}");
-    assert!(debug.contains("module_bytes: 16"), "{debug}");
+    assert!(debug.contains(&format!("module_bytes: {}", bytes.len())), "{debug}");
     assert!(
-        !debug.contains("102, 97, 107, 101"),
+        !debug.contains("0, 97, 115, 109"),
         "the module's bytes are not printed: {debug}"
     );
     // No hosts, no routes: every route, with its buffer limit.
@@ -705,9 +722,11 @@ fn plugin_defaults_apply_in_one_place() {
 fn plugins_run_in_order_where_their_rules_say() {
     let dir = module_dir("order");
     let aot = dir.join("a.aot");
-    std::fs::write(&aot, b"aot bytes").unwrap();
+    // Loading goes by the file's magic, so a wasm module named .aot runs in the
+    // interpreter; the config only reads the extension.
+    std::fs::write(&aot, test_module(2)).unwrap();
     let wasm = dir.join("w.wasm");
-    std::fs::write(&wasm, b"wasm bytes").unwrap();
+    std::fs::write(&wasm, test_module(3)).unwrap();
     let (aot, wasm) = (aot.display(), wasm.display());
     let snapshot = build(&plugin_config(&format!(
         "
@@ -763,7 +782,7 @@ fn plugins_run_in_order_where_their_rules_say() {
 fn plugin_errors_have_exact_paths() {
     let dir = module_dir("errors");
     let module = dir.join("ok.wasm");
-    std::fs::write(&module, b"bytes").unwrap();
+    std::fs::write(&module, test_module(1)).unwrap();
     let ok = module.display();
     let missing = dir.join("missing.aot");
     let missing = missing.display();
