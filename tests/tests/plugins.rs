@@ -618,7 +618,7 @@ fn probe_exercises_the_host_abi() {
         assert!(requests >= 10.0, "plugin-defined counter: {requests}\n{text}");
         assert!(text.contains("tollgate_wasm_probe_body_bytes_bucket"), "{text}");
         assert!(
-            gw.stderr().contains("stdout: test-probe: configured"),
+            gw.stderr().contains("test-probe: configured at unix"),
             "WASI stdout reaches the log: {}",
             gw.stderr()
         );

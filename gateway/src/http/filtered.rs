@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 
 use super::codec::{BodyFraming, ResponseHead};
 use super::forward::{
-    self, definite_upstream, is_hop_by_hop, write_request_head, Failure, FilteredBody, Forwarded, RequestBody,
+    self, definite_upstream, is_hop_by_hop, read_more_body, request_write_failure, write_request_head, Failure,
+    FilteredBody, Forwarded, RequestBody,
 };
 use super::io::{read_more, write_all};
 use super::proxy::{answer, answer_error, ClientConn, Exchange};
@@ -269,18 +270,12 @@ pub(super) async fn stream_request_body(
             }
             write_all(&mut upstream.stream, &mut conn.out, route.send_timeout)
                 .await
-                .map_err(|error| match error.kind() {
-                    std::io::ErrorKind::TimedOut => Failure::Upstream(HttpError::GatewayTimeout),
-                    _ => Failure::Upstream(HttpError::BadGateway("upstream stopped reading the request")),
-                })?;
+                .map_err(request_write_failure)?;
         }
         if done {
             return Ok(());
         }
-        match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
-            Ok(0) | Err(_) => return Err(Failure::Client),
-            Ok(_) => {}
-        }
+        read_more_body(ex, conn).await?;
     }
 }
 

@@ -645,18 +645,29 @@ async fn stream_request_body(
         }
         write_range(&mut upstream.stream, &mut conn.buf, 0..forward, route.send_timeout)
             .await
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::TimedOut => Failure::Upstream(HttpError::GatewayTimeout),
-                _ => Failure::Upstream(HttpError::BadGateway("upstream stopped reading the request")),
-            })?;
+            .map_err(request_write_failure)?;
         conn.buf.drain(..forward);
         if done {
             return Ok(());
         }
-        match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
-            Ok(0) | Err(_) => return Err(Failure::Client),
-            Ok(_) => {}
-        }
+        read_more_body(ex, conn).await?;
+    }
+}
+
+/// What a failed write of request body bytes to the upstream means.
+pub(super) fn request_write_failure(error: std::io::Error) -> Failure {
+    match error.kind() {
+        std::io::ErrorKind::TimedOut => Failure::Upstream(HttpError::GatewayTimeout),
+        _ => Failure::Upstream(HttpError::BadGateway("upstream stopped reading the request")),
+    }
+}
+
+/// Reads more of the request body from the client; its end or a timeout
+/// before the body is complete breaks the exchange.
+pub(super) async fn read_more_body(ex: &Exchange<'_>, conn: &mut ClientConn) -> Result<(), Failure> {
+    match conn.stream.read_more(&mut conn.buf, ex.client_timeout).await {
+        Ok(0) | Err(_) => Err(Failure::Client),
+        Ok(_) => Ok(()),
     }
 }
 

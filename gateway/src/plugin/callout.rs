@@ -16,7 +16,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use super::abi::RedisSettings;
-use super::instance::{HeaderMap, HttpCallResponse, RedisFailure};
+use super::instance::{Fault, HeaderMap, HttpCallResponse, PendingCall, PluginInstance, RedisFailure, StreamData};
 use crate::http::io::{read_more, READ_CHUNK};
 use crate::http::{parse_response, BodyFraming, ChunkedDecoder};
 
@@ -36,15 +36,94 @@ const SKIPPED: &[&[u8]] = &[
     b"host",
 ];
 
+/// A finished call, ready to be delivered to the context that dispatched it.
+pub enum Answer {
+    Http {
+        context_id: u32,
+        token: u32,
+        response: Option<HttpCallResponse>,
+    },
+    Redis {
+        context_id: u32,
+        token: u32,
+        reply: Result<Vec<u8>, RedisFailure>,
+    },
+}
+
+impl Answer {
+    /// Calls the plugin's response callback (`s`: the stream when the call
+    /// came from a stream context).
+    pub fn deliver(self, instance: &mut PluginInstance, s: Option<&mut StreamData>) -> Result<(), Fault> {
+        match self {
+            Answer::Http {
+                context_id,
+                token,
+                response,
+            } => instance.on_http_call_response(context_id, token, s, response),
+            Answer::Redis {
+                context_id,
+                token,
+                reply,
+            } => instance.on_redis_call_response(context_id, token, s, reply),
+        }
+    }
+}
+
+/// Performs a call a plugin dispatched. `endpoint` finds an address in the
+/// call's cluster; `redis_settings` what the plugin gave `proxy_redis_init`
+/// for it.
+pub async fn perform(
+    call: PendingCall,
+    endpoint: impl FnOnce(&str) -> Option<SocketAddr>,
+    redis_settings: impl FnOnce(&str) -> Option<RedisSettings>,
+) -> Answer {
+    match call {
+        PendingCall::Http {
+            token,
+            context_id,
+            cluster,
+            headers,
+            body,
+            timeout,
+            ..
+        } => {
+            let response = match endpoint(&cluster) {
+                Some(addr) => http_call(addr, &headers, &body, timeout).await,
+                None => None,
+            };
+            Answer::Http {
+                context_id,
+                token,
+                response,
+            }
+        }
+        PendingCall::Redis {
+            token,
+            context_id,
+            cluster,
+            query,
+            timeout,
+        } => {
+            let reply = match (endpoint(&cluster), redis_settings(&cluster)) {
+                (Some(addr), Some(settings)) => redis_call(addr, &settings, &query, timeout).await,
+                (None, _) => Err(RedisFailure::Network(format!("no available endpoint in {cluster}"))),
+                (_, None) => Err(RedisFailure::Network(format!(
+                    "redis cluster {cluster} not initialized"
+                ))),
+            };
+            Answer::Redis {
+                context_id,
+                token,
+                reply,
+            }
+        }
+    }
+}
+
 /// Sends the plugin's request to `addr` and reads the whole response; None
 /// when the call failed (connect, timeout, malformed or oversized answer),
 /// which proxy-wasm reports to the plugin as a response with no headers.
-pub async fn http_call(
-    addr: SocketAddr,
-    headers: &HeaderMap,
-    body: &[u8],
-    timeout: Duration,
-) -> Option<HttpCallResponse> {
+async fn http_call(addr: SocketAddr, headers: &HeaderMap, body: &[u8], timeout: Duration) -> Option<HttpCallResponse> {
     let request = encode_http_request(headers, body)?;
     match monoio::time::timeout(timeout, http_exchange(addr, request)).await {
         Ok(Ok(response)) => Some(response),
@@ -162,7 +241,7 @@ async fn http_exchange(addr: SocketAddr, request: Vec<u8>) -> std::io::Result<Ht
 
 /// Sends one RESP command (as the plugin encoded it) and returns the raw
 /// reply, which Higress plugins parse themselves.
-pub async fn redis_call(
+async fn redis_call(
     addr: SocketAddr,
     auth: &RedisSettings,
     query: &[u8],

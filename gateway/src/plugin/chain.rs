@@ -13,9 +13,7 @@ use std::time::Instant;
 
 use super::abi::RedisSettings;
 use super::callout;
-use super::instance::{
-    Action, BodyAction, Fault, HttpCallResponse, LocalResponse, PendingCall, PluginInstance, RedisFailure,
-};
+use super::instance::{Action, BodyAction, Fault, LocalResponse, PluginInstance};
 use super::pool::{describe, LoadedPlugin};
 use super::StreamData;
 use crate::config::FailStrategy;
@@ -339,44 +337,11 @@ impl StreamChain {
                 });
             }
             for call in pending {
-                let delivered = match call {
-                    PendingCall::Http {
-                        token,
-                        context_id,
-                        cluster,
-                        headers,
-                        body,
-                        timeout,
-                        ..
-                    } => {
-                        let response = match targets.endpoint(&cluster) {
-                            Some(addr) => callout::http_call(addr, &headers, &body, timeout).await,
-                            None => None,
-                        };
-                        self.deliver_http(index, context_id, token, response)
-                    }
-                    PendingCall::Redis {
-                        token,
-                        context_id,
-                        cluster,
-                        query,
-                        timeout,
-                    } => {
-                        let settings = self.redis_settings(index, &cluster);
-                        let reply = match (targets.endpoint(&cluster), settings) {
-                            (Some(addr), Some(settings)) => callout::redis_call(addr, &settings, &query, timeout).await,
-                            (None, _) => Err(RedisFailure::Network(format!("no available endpoint in {cluster}"))),
-                            (_, None) => Err(RedisFailure::Network(format!(
-                                "redis cluster {cluster} not initialized"
-                            ))),
-                        };
-                        self.call(index, |instance, _, data| {
-                            instance
-                                .on_redis_call_response(context_id, token, Some(data), reply)
-                                .map(|()| Action::Continue)
-                        })
-                    }
-                };
+                let redis = |cluster: &str| self.redis_settings(index, cluster);
+                let answer = callout::perform(call, |cluster| targets.endpoint(cluster), redis).await;
+                let delivered = self.call(index, |instance, _, data| {
+                    answer.deliver(instance, Some(data)).map(|()| Action::Continue)
+                });
                 if let Err(verdict) = delivered {
                     return Step::Stop(verdict);
                 }
@@ -392,20 +357,6 @@ impl StreamChain {
         let entry = &self.entries[index];
         let mut lease = entry.plugin.lease(entry.slot, Some(entry.generation))?;
         lease.instance().redis_settings(cluster)
-    }
-
-    fn deliver_http(
-        &mut self,
-        index: usize,
-        context: u32,
-        token: u32,
-        response: Option<HttpCallResponse>,
-    ) -> Result<Option<Action>, Verdict> {
-        self.call(index, |instance, _, data| {
-            instance
-                .on_http_call_response(context, token, Some(data), response)
-                .map(|()| Action::Continue)
-        })
     }
 }
 

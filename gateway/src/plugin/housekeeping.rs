@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::callout;
-use super::instance::{PendingCall, RedisFailure};
 use super::pool::{LoadedPlugin, RootCalls};
 use crate::config::Snapshot;
 
@@ -86,50 +85,9 @@ async fn perform_root_calls(snapshot: Arc<Snapshot>, plugin: Arc<LoadedPlugin>, 
     {
         for call in calls {
             let mut more = Vec::new();
-            match call {
-                PendingCall::Http {
-                    token,
-                    context_id,
-                    cluster,
-                    headers,
-                    body,
-                    timeout,
-                    ..
-                } => {
-                    let response = match endpoint(&snapshot, &cluster) {
-                        Some(addr) => callout::http_call(addr, &headers, &body, timeout).await,
-                        None => None,
-                    };
-                    plugin.answer_root_call(
-                        slot,
-                        generation,
-                        |instance| instance.on_http_call_response(context_id, token, None, response),
-                        &mut more,
-                    );
-                }
-                PendingCall::Redis {
-                    token,
-                    context_id,
-                    cluster,
-                    query,
-                    timeout,
-                } => {
-                    let settings = plugin.redis_settings(slot, generation, &cluster);
-                    let reply = match (endpoint(&snapshot, &cluster), settings) {
-                        (Some(addr), Some(settings)) => callout::redis_call(addr, &settings, &query, timeout).await,
-                        (None, _) => Err(RedisFailure::Network(format!("no available endpoint in {cluster}"))),
-                        (_, None) => Err(RedisFailure::Network(format!(
-                            "redis cluster {cluster} not initialized"
-                        ))),
-                    };
-                    plugin.answer_root_call(
-                        slot,
-                        generation,
-                        |instance| instance.on_redis_call_response(context_id, token, None, reply),
-                        &mut more,
-                    );
-                }
-            }
+            let redis = |cluster: &str| plugin.redis_settings(slot, generation, cluster);
+            let answer = callout::perform(call, |cluster| endpoint(&snapshot, cluster), redis).await;
+            plugin.answer_root_call(slot, generation, |instance| answer.deliver(instance, None), &mut more);
             queue.extend(more);
         }
     }
