@@ -760,3 +760,44 @@ fn request_trailers_reach_the_plugins() {
         assert_eq!(next.status, 200);
     }
 }
+
+#[test]
+fn plugins_also_run_on_direct_responses_and_redirects() {
+    for mode in Mode::BOTH {
+        let yaml = format!(
+            r#"
+runtime: {{workers: 1}}
+access_log: {{path: "off"}}
+listeners: [{{name: http, address: "127.0.0.1:${{http}}"}}]
+hosts:
+  - name: site
+    domains: ["*"]
+    routes:
+      - {{name: old, match: {{prefix: /old}}, redirect: {{path: /new}}}}
+      - {{name: page, direct_response: {{status: 200, body: "hello page", content_type: text/plain}}}}
+plugins:
+  plugins:
+    - {{name: auth, module: "{auth}", configuration: {{keys: [x-api-key], consumers: [{{name: alice, credential: k}}]}}}}
+    - {{name: rewrite, module: "{rewrite}", configuration: {{response: {{set: {{x-served-by: plugin}}}}}}}}
+"#,
+            auth = module("key-auth", mode),
+            rewrite = module("header-rewrite", mode),
+        );
+        let gw = Gateway::start(&yaml);
+        let addr = gw.addr("http");
+        assert_eq!(send(addr, "GET", "/", &[], None).status, 401, "{mode:?}");
+        let page = send(addr, "GET", "/", &[("x-api-key", "k")], None);
+        assert_eq!(page.status, 200);
+        assert_eq!(page.body_str(), "hello page");
+        assert_eq!(page.header("x-served-by"), Some("plugin"));
+        assert_eq!(page.header("content-length"), Some("10"));
+        let moved = send(addr, "GET", "/old", &[("x-api-key", "k")], None);
+        assert_eq!(moved.status, 301, "{}", moved.body_str());
+        assert!(
+            moved.header("location").is_some_and(|l| l.ends_with("/new")),
+            "{:?}",
+            moved.headers
+        );
+        assert_eq!(moved.header("x-served-by"), Some("plugin"));
+    }
+}

@@ -383,6 +383,76 @@ fn upstream_head(ex: &Exchange<'_>, conn: &ClientConn, route: &ProxyRoute, frami
     out
 }
 
+/// A response Tollgate generates (direct response, redirect) on a route with
+/// plugins: the request head passes the request callbacks (its body is not
+/// read, as for any generated response), the response the response callbacks.
+pub async fn answer_generated(ex: &mut Exchange<'_>, conn: &mut ClientConn, response: Generated<'_>) -> Forwarded {
+    let targets = WorkerTargets {
+        worker: ex.worker,
+        snapshot: ex.snapshot,
+    };
+    let has_request_body = ex.head.framing != BodyFraming::None;
+    let chain = ex.plugins.as_mut().expect("a filtered exchange has a plugin chain");
+    let verdict = match chain.start_failure() {
+        Some(verdict) => verdict,
+        None => chain.request_headers(&targets, !has_request_body).await,
+    };
+    if !matches!(verdict, Verdict::Continue) {
+        return answer_verdict(ex, conn, verdict).await;
+    }
+    let mut map: HeaderMap = vec![
+        (b":status".to_vec(), response.status.to_string().into_bytes()),
+        (b"content-type".to_vec(), response.content_type.as_bytes().to_vec()),
+        (b"server".to_vec(), b"tollgate".to_vec()),
+        (
+            ex.snapshot.http.request_id_header.to_ascii_lowercase().into_bytes(),
+            ex.request_id.as_bytes().to_vec(),
+        ),
+    ];
+    if let Some(location) = response.location {
+        map.push((b"location".to_vec(), location.as_bytes().to_vec()));
+    }
+    chain.data.response_headers = map;
+    let verdict = chain.response_headers(&targets, response.body.is_empty()).await;
+    if !matches!(verdict, Verdict::Continue) {
+        return answer_verdict(ex, conn, verdict).await;
+    }
+    let body = if response.body.is_empty() {
+        Vec::new()
+    } else {
+        match chain
+            .body(&targets, Direction::Response, response.body.to_vec(), true)
+            .await
+        {
+            Ok(body) => body,
+            Err(verdict) => return answer_verdict(ex, conn, verdict).await,
+        }
+    };
+    let status = response_status(&chain.data.response_headers, response.status);
+    let keep = ex.client_keep_alive && !has_request_body;
+    write_filtered_head(ex, conn, status, ClientFraming::Length(body.len() as u64), !keep);
+    let head_only = ex.head.method(ex.raw) == "HEAD";
+    if !head_only {
+        conn.out.extend_from_slice(&body);
+    }
+    let written = conn.stream.write_all(&mut conn.out, ex.client_timeout).await.is_ok();
+    Forwarded {
+        status,
+        bytes_sent: if written && !head_only { body.len() as u64 } else { 0 },
+        keep_client: keep && written,
+        ..Forwarded::default()
+    }
+}
+
+/// The status the plugins left in `:status`, if it is a valid final status.
+fn response_status(map: &HeaderMap, original: u16) -> u16 {
+    pseudo(map, b":status")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|s| (200..=599).contains(s))
+        .unwrap_or(original)
+}
+
 /// Answers the client for a verdict that ends the stream early.
 async fn answer_verdict(ex: &Exchange<'_>, conn: &mut ClientConn, verdict: Verdict) -> Forwarded {
     match verdict {
@@ -470,11 +540,7 @@ pub(super) async fn forward_response(
     let is_head = ex.head.method(ex.raw) == "HEAD";
     let (status, framing) = {
         let map = &ex.plugins.as_ref().expect("chain").data.response_headers;
-        let status = pseudo(map, b":status")
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|s| (200..=599).contains(s))
-            .unwrap_or(response.status);
+        let status = response_status(map, response.status);
         let length = pseudo(map, b"content-length")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse::<u64>().ok());

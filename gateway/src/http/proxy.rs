@@ -269,10 +269,11 @@ async fn serve_request(
 
 /// The plugin chain of a request on a proxy route that has plugins.
 fn start_plugins(ex: &Exchange<'_>, conn: &ClientConn, route: &Route) -> Option<StreamChain> {
-    let RouteAction::Proxy(proxy) = &route.action else {
-        return None;
-    };
     let plugins = ex.snapshot.plugin_config.route(&route.host_name, &route.name)?;
+    let cluster_name = match &route.action {
+        RouteAction::Proxy(proxy) => proxy.cluster.name.to_string(),
+        RouteAction::Direct(_) | RouteAction::Redirect(_) => String::new(),
+    };
     let tls = match &conn.stream {
         ClientStream::Tls(stream) => {
             let (version, cipher, sni) = stream.session_facts();
@@ -298,7 +299,7 @@ fn start_plugins(ex: &Exchange<'_>, conn: &ClientConn, route: &Route) -> Option<
             source: Some(conn.peer),
             destination: conn.local,
             route_name: route.name.to_string(),
-            cluster_name: proxy.cluster.name.to_string(),
+            cluster_name,
             host_name: route.host_name.to_string(),
             tls,
             start_time: SystemTime::now(),
@@ -325,7 +326,7 @@ async fn dispatch(ex: &mut Exchange<'_>, conn: &mut ClientConn, route: &Route) -
                 head_only: ex.head.method(ex.raw) == "HEAD",
                 ..Generated::new(direct.status, &direct.content_type, &direct.body)
             };
-            (answer(ex, conn, response).await, None)
+            (answer_generated(ex, conn, response).await, None)
         }
         RouteAction::Redirect(redirect) => {
             let location = redirect.location(ex.scheme, ex.host, ex.path, ex.query);
@@ -335,8 +336,17 @@ async fn dispatch(ex: &mut Exchange<'_>, conn: &mut ClientConn, route: &Route) -
                 head_only: ex.head.method(ex.raw) == "HEAD",
                 ..Generated::new(redirect.status(), respond::TEXT_PLAIN, body.as_bytes())
             };
-            (answer(ex, conn, response).await, None)
+            (answer_generated(ex, conn, response).await, None)
         }
+    }
+}
+
+/// A direct response or redirect, through the route's plugins when it has any.
+async fn answer_generated(ex: &mut Exchange<'_>, conn: &mut ClientConn, response: Generated<'_>) -> Forwarded {
+    if ex.plugins.is_some() {
+        filtered::answer_generated(ex, conn, response).await
+    } else {
+        answer(ex, conn, response).await
     }
 }
 
