@@ -87,7 +87,11 @@ impl Drop for Guard {
 /// Registers a call on `handle` that must finish within `limit`.
 pub(super) fn register(handle: TerminateHandle, limit: Duration) -> Guard {
     let dog = watchdog();
-    let deadline = Instant::now() + limit;
+    let now = Instant::now();
+    // A limit too large to represent means "a year": far enough to be none.
+    let deadline = now
+        .checked_add(limit)
+        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
     let mut table = dog.lock();
     let entry = Some(Entry {
         handle,
