@@ -138,6 +138,8 @@ const MODULE: &str = r#"
   (func (export "proxy_on_http_call_response") (param $ctx i32) (param $token i32) (param $nh i32) (param $bs i32)
     (param $nt i32)
     (local $code i32)
+    ;; Answers go to the root context (id 1), as the C++ and Go SDKs expect.
+    (if (i32.ne (local.get $ctx) (i32.const 1)) (then unreachable))
     (if (i32.eqz (local.get $nh))
       (then
         (drop (call $get_status (i32.const 0x2a0) (i32.const 0x2a4) (i32.const 0x2a8)))
@@ -156,6 +158,7 @@ const MODULE: &str = r#"
   ;; status 0: the reply becomes a local 200 body; otherwise a 502.
   (func (export "proxy_on_redis_call_response") (param $ctx i32) (param $token i32) (param $status i32)
     (param $size i32)
+    (if (i32.ne (local.get $ctx) (i32.const 1)) (then unreachable))
     (if (local.get $status)
       (then
         (drop (call $local_response (i32.const 502) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)

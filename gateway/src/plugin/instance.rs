@@ -445,15 +445,20 @@ impl PluginInstance {
         s: Option<&mut StreamData>,
         response: Option<HttpCallResponse>,
     ) -> Result<(), Fault> {
+        // The callouts belong to the root context (proxy-wasm-cpp-host issues
+        // http_call on `root_context()`): its id goes to the guest, whose SDK
+        // (C++, Go) finds the waiting stream by token. The stream's data is
+        // installed all the same, so the answer can act on it.
+        let root = self.root_context;
         let args = match &response {
             Some(r) => [
-                ctx,
+                root,
                 token,
                 r.headers.len() as u32,
                 r.body.len() as u32,
                 r.trailers.len() as u32,
             ],
-            None => [ctx, token, 0, 0, 0],
+            None => [root, token, 0, 0, 0],
         };
         {
             let mut state = self.vm.state();
@@ -477,7 +482,8 @@ impl PluginInstance {
             Err(RedisFailure::Network(_)) => (REDIS_STATUS_NETWORK, Vec::new()),
             Err(RedisFailure::Timeout) => (REDIS_STATUS_TIMEOUT, Vec::new()),
         };
-        let args = [ctx, token, status, reply.len() as u32];
+        // Higress delivers Redis answers to the plugin (root) context too.
+        let args = [self.root_context, token, status, reply.len() as u32];
         self.vm.state().redis_response = Some(reply);
         self.with_optional_stream(ctx, s, |this| this.invoke(cb::REDIS_CALL_RESPONSE, &args))
     }
