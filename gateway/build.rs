@@ -15,6 +15,9 @@ fn main() -> anyhow::Result<()> {
     }
     let descriptors = protox::compile(protos, ["proto"]).context("compiling the .proto files")?;
     let mut config = prost_build::Config::new();
+    // Ordered maps: a resource's content hash is its prost encoding, which
+    // must not depend on hash-map iteration order.
+    config.btree_map(["."]);
     config.message_attribute(
         PACKAGE,
         "#[derive(serde::Deserialize)]\n#[serde(default, deny_unknown_fields)]",

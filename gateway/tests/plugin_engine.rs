@@ -204,6 +204,7 @@ fn settings(name: &str) -> InstanceSettings {
         plugin_configuration: b"{}".to_vec(),
         max_memory_bytes: 4 * 65536,
         max_call_time: Duration::from_millis(100),
+        environment: Vec::new(),
     }
 }
 

@@ -539,7 +539,7 @@ fn probe_exercises_the_host_abi() {
     });
     for mode in Mode::BOTH {
         let plugins = format!(
-            r#"{{plugins: [{{name: probe, module: "{m}", configuration: {{tick_ms: 20}}}}]}}"#,
+            r#"{{plugins: [{{name: probe, module: "{m}", configuration: {{tick_ms: 20}}, environment: {{TOLLGATE_PROBE: from-config}}}}]}}"#,
             m = module("test-probe", mode)
         );
         let clusters = format!("  - {{name: side, endpoints: [\"{}\"]}}", callout.endpoint());
@@ -618,7 +618,7 @@ fn probe_exercises_the_host_abi() {
         assert!(requests >= 10.0, "plugin-defined counter: {requests}\n{text}");
         assert!(text.contains("tollgate_wasm_probe_body_bytes_bucket"), "{text}");
         assert!(
-            gw.stderr().contains("test-probe: configured at unix"),
+            gw.stderr().contains("env TOLLGATE_PROBE=from-config"),
             "WASI stdout reaches the log: {}",
             gw.stderr()
         );

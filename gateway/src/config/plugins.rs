@@ -89,6 +89,8 @@ pub struct PluginSettings {
     /// A multiple of 64 KiB.
     pub max_memory_bytes: u64,
     pub max_call_time: Duration,
+    /// WASI environment, sorted by name.
+    pub environment: Vec<(String, String)>,
     pub rule: MatchRule,
     /// Identifies what instances are built from (module bytes,
     /// configurations, root_id, limits): equal versions need no new
@@ -516,6 +518,19 @@ fn plugin_settings(
             ),
         );
     }
+    for name in plugin.environment.keys() {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            errors.add(
+                format!("{path}.environment"),
+                format!("invalid variable name {name:?}: not empty, no '=' or NUL"),
+            );
+        }
+    }
+    for (name, value) in &plugin.environment {
+        if value.contains('\0') {
+            errors.add(format!("{path}.environment.{name}"), "the value contains NUL");
+        }
+    }
     if !plugin.enabled.unwrap_or(defaults::PLUGIN_ENABLED) {
         return None;
     }
@@ -563,6 +578,11 @@ fn plugin_settings(
         fail_strategy,
         max_memory_bytes,
         max_call_time,
+        environment: plugin
+            .environment
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
         rule: rule?,
         version: 0,
         source_hash,
@@ -589,6 +609,12 @@ fn version(settings: &PluginSettings) -> u64 {
         &settings.max_call_time.as_nanos().to_le_bytes(),
     ] {
         input.extend_from_slice(part);
+    }
+    for (name, value) in &settings.environment {
+        for part in [name.as_bytes(), value.as_bytes()] {
+            input.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            input.extend_from_slice(part);
+        }
     }
     xxhash_rust::xxh3::xxh3_64(&input)
 }

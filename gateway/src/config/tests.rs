@@ -800,6 +800,7 @@ fn plugin_errors_have_exact_paths() {
     - {{name: e, module: {dir}, max_memory: 1000, max_call_time: 20s}}
     - {{name: f, module: {ok}, max_memory: 5 GiB, max_call_time: soon}}
     - {{name: g, module: {ok}, max_memory: 32MB, max_call_time: 500us}}
+    - {{name: h, module: {ok}, environment: {{'A=B': x, '': y}}}}
 ",
             dir = dir.display()
         )),
@@ -829,6 +830,8 @@ fn plugin_errors_have_exact_paths() {
             ("plugins.plugins[6].max_call_time", "invalid duration \"soon\""),
             ("plugins.plugins[7].max_memory", "invalid size \"32MB\""),
             ("plugins.plugins[7].max_call_time", "500us is out of range"),
+            ("plugins.plugins[8].environment", "invalid variable name \"\""),
+            ("plugins.plugins[8].environment", "invalid variable name \"A=B\""),
             ("plugins.vm_memory_budget", "invalid size \"1MB\""),
         ],
     );

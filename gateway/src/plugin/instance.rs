@@ -31,6 +31,8 @@ pub struct InstanceSettings {
     pub max_memory_bytes: u64,
     /// Watchdog deadline per call into wasm.
     pub max_call_time: Duration,
+    /// WASI environment variables (name, value).
+    pub environment: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +269,7 @@ impl PluginInstance {
             stdin_fd: abi::wasi::stdin_fd()?,
             stdout_fd: output,
             stderr_fd: output,
+            environment: &settings.environment,
         };
         let vm = Instance::new(module, &config, state)?;
         let callbacks = abi::CALLBACKS.iter().map(|c| vm.lookup(c.name)).collect();

@@ -72,6 +72,7 @@ impl LoadedPlugins {
                 plugin_configuration: settings.configuration.to_vec(),
                 max_memory_bytes: settings.max_memory_bytes,
                 max_call_time: settings.max_call_time,
+                environment: settings.environment.clone(),
             };
             let loaded = LoadedPlugin::load(
                 &settings.name,

@@ -348,6 +348,8 @@ pub(super) struct InstanceConfig<'a> {
     pub stdin_fd: i64,
     pub stdout_fd: i64,
     pub stderr_fd: i64,
+    /// WASI environ entries as (name, value); names hold no '=' or NUL.
+    pub environment: &'a [(String, String)],
 }
 
 /// Everything a host function reaches through the exec env's user data.
@@ -412,6 +414,12 @@ impl Instance {
         let pages = (config.max_memory_bytes / WASM_PAGE).clamp(1, 65536) as u32;
         let program = CString::new(config.program_name.replace('\0', "")).expect("NULs removed");
         let mut argv = [program.as_ptr() as *mut c_char];
+        let environ: Vec<CString> = config
+            .environment
+            .iter()
+            .filter_map(|(name, value)| CString::new(format!("{name}={value}")).ok())
+            .collect();
+        let mut envp: Vec<*const c_char> = environ.iter().map(|entry| entry.as_ptr()).collect();
         let mut err = [0 as c_char; ERROR_BUF];
         let inst = {
             let _serial = module.instantiate_lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -420,14 +428,16 @@ impl Instance {
             if !unsafe { sys::wasm_runtime_instantiation_args_create(&mut args) } {
                 return Err("WAMR could not allocate instantiation arguments".into());
             }
-            // SAFETY: `args` is live until destroyed; `argv` and `program` outlive the
-            // instantiate call (WAMR copies WASI arguments into the instance);
+            // SAFETY: `args` is live until destroyed; `argv`, `program`, `envp` and
+            // `environ` outlive the instantiate call (WAMR copies WASI arguments and
+            // environment into the instance);
             // `module.raw` is loaded and instantiation is serialised by the lock.
             unsafe {
                 sys::wasm_runtime_instantiation_args_set_default_stack_size(args, WASM_STACK_BYTES);
                 sys::wasm_runtime_instantiation_args_set_host_managed_heap_size(args, 0);
                 sys::wasm_runtime_instantiation_args_set_max_memory_pages(args, pages);
                 sys::wasm_runtime_instantiation_args_set_wasi_arg(args, argv.as_mut_ptr(), 1);
+                sys::wasm_runtime_instantiation_args_set_wasi_env(args, envp.as_mut_ptr(), envp.len() as u32);
                 sys::wasm_runtime_instantiation_args_set_wasi_stdio(
                     args,
                     config.stdin_fd,
