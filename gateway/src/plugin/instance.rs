@@ -427,6 +427,18 @@ impl PluginInstance {
 
     /// proxy_on_done, proxy_on_log, proxy_on_delete (Envoy's order). The
     /// context is gone afterwards even when a call faults.
+    /// Ends the root context when the plugin version is retired (removed or
+    /// replaced, and its last stream done): `proxy_on_done`, then
+    /// `proxy_on_delete`, as Envoy does when it tears a VM down.
+    pub fn shutdown(&mut self) -> Result<(), Fault> {
+        if self.is_poisoned() {
+            return Ok(());
+        }
+        let root = self.root_context;
+        self.invoke(cb::DONE, &[root])?;
+        self.invoke(cb::DELETE, &[root]).map(|_| ())
+    }
+
     pub fn finish_stream(&mut self, ctx: u32, s: &mut StreamData) -> Result<(), Fault> {
         let result = self.with_stream(ctx, s, |this| {
             this.invoke(cb::DONE, &[ctx])?;

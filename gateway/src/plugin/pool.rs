@@ -160,6 +160,20 @@ impl Leased<'_> {
     }
 }
 
+impl Drop for LoadedPlugin {
+    /// A retired version (removed or replaced, its last stream finished)
+    /// lets each root context know before its instance goes.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let SlotState::Ready { instance, .. } = &mut *lock(&slot.state) {
+                if let Err(fault) = instance.shutdown() {
+                    tracing::debug!(plugin = %self.name, %fault, "plugin root context failed to shut down");
+                }
+            }
+        }
+    }
+}
+
 impl LoadedPlugin {
     /// Loads the module and starts every slot's instance. The first start
     /// runs the plugin's `on_configure`: a plugin that rejects its config,
@@ -442,6 +456,74 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+
+    /// Traps in request headers; its root context's on_delete records itself in shared data.
+    const MODULE: &str = r#"(module
+        (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 16) "pool-retired")
+        (data (i32.const 48) "yes")
+        (func (export "proxy_abi_version_0_2_1"))
+        (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+        (func (export "proxy_on_context_create") (param i32 i32))
+        (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable)
+        (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+        (func (export "proxy_on_delete") (param $ctx i32)
+          (if (i32.eq (local.get $ctx) (i32.const 1))
+            (then (drop (call $set (i32.const 16) (i32.const 12) (i32.const 48) (i32.const 3) (i32.const 0)))))))"#;
+
+    fn loaded(slots: usize) -> LoadedPlugin {
+        super::super::vm::init_runtime().unwrap();
+        let settings = InstanceSettings {
+            plugin_name: "pool-test".into(),
+            root_id: String::new(),
+            vm_configuration: Vec::new(),
+            plugin_configuration: Vec::new(),
+            max_memory_bytes: 2 * 65536,
+            max_call_time: Duration::from_millis(100),
+            environment: Vec::new(),
+        };
+        let bytes = wat::parse_str(MODULE).unwrap();
+        LoadedPlugin::load("pool-test", bytes, settings, FailStrategy::FailClosed, slots, 1).unwrap()
+    }
+
+    #[test]
+    fn a_faulted_slot_is_skipped_then_recreated() {
+        let plugin = loaded(2);
+        // Worker 2's home slot is 0.
+        let mut lease = plugin.lease_for_new_stream(2).expect("ready");
+        assert_eq!(lease.slot, 0);
+        let generation = lease.generation;
+        let ctx = lease.instance().create_stream().unwrap();
+        let mut data = crate::plugin::StreamData::default();
+        let fault = lease.instance().on_request_headers(ctx, &mut data, true).unwrap_err();
+        assert_eq!(fault.kind, FaultKind::Trap);
+        plugin.fault(lease, &fault, 0);
+        assert!(
+            plugin.lease(0, Some(generation)).is_none(),
+            "the old context's instance is gone"
+        );
+        assert_eq!(plugin.lease_for_new_stream(2).expect("the other slot").slot, 1);
+        assert_eq!(plugin.instances_and_memory().0, 1);
+        assert_eq!(plugin.down_reasons().len(), 1);
+        // The first fault is recreated at once (no backoff yet).
+        plugin.recreate_due();
+        assert_eq!(plugin.instances_and_memory().0, 2);
+        let lease = plugin.lease_for_new_stream(2).expect("home again");
+        assert_eq!(lease.slot, 0);
+        assert_ne!(lease.generation, generation);
+    }
+
+    #[test]
+    fn a_retired_version_shuts_its_root_contexts_down() {
+        let plugin = loaded(1);
+        assert!(super::super::abi::shared::get_shared(b"pool-retired").is_none());
+        drop(plugin);
+        let (value, _) = super::super::abi::shared::get_shared(b"pool-retired").expect("on_delete ran");
+        assert_eq!(value, b"yes");
+    }
 
     #[test]
     fn budget_above_demand_gives_one_instance_per_worker() {
