@@ -199,15 +199,17 @@ mod tests {
         );
     }
 
-    /// Every directory under plugins/ with a Cargo.toml is a workspace member
-    /// the build will find (a crate left out of `members` would silently not ship).
+    /// Every directory under plugins/ whose Cargo.toml builds a cdylib is a workspace
+    /// member the build will find (a crate left out of `members` would silently not
+    /// ship); a plain library there (plugins/support) is shared code, not a plugin.
     #[test]
     fn every_plugin_directory_is_discovered() {
         let root = cmd::repo_root();
         let found: Vec<String> = discover(&root).unwrap().into_iter().map(|c| c.package).collect();
         for entry in fs::read_dir(root.join("plugins")).unwrap() {
             let dir = entry.unwrap().path();
-            if dir.join("Cargo.toml").is_file() {
+            let manifest = fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+            if manifest.contains("\"cdylib\"") {
                 let name = dir.file_name().unwrap().to_string_lossy().into_owned();
                 assert!(
                     found.contains(&name),

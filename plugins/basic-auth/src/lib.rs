@@ -9,49 +9,17 @@ mod auth;
 
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use tollgate_plugin_support::ConfiguredRoot;
 
 use auth::Config;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("basic-auth", Config::parse, |_, config| Box::new(Stream { config })))
+    });
 }}
-
-struct Root {
-    config: Option<Rc<Config>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::parse(&bytes) {
-            Ok(config) => {
-                self.config = Some(Rc::new(config));
-                true
-            }
-            Err(reason) => {
-                // The gateway refuses the configuration when this returns false; the log says why.
-                let _ = hostcalls::log(LogLevel::Error, &format!("basic-auth: invalid configuration: {reason}"));
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // No stream is created before a successful on_configure, so `config` is set here.
-        self.config
-            .clone()
-            .map(|config| Box::new(Stream { config }) as Box<dyn HttpContext>)
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
 
 struct Stream {
     config: Rc<Config>,

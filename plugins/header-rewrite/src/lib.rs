@@ -7,51 +7,19 @@ mod config;
 
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use tollgate_plugin_support::ConfiguredRoot;
 
 use config::{Config, Edits};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: Rc::default() }));
-}}
-
-struct Root {
-    config: Rc<Config>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::parse(&bytes) {
-            Ok(config) => {
-                self.config = Rc::new(config);
-                true
-            }
-            Err(reason) => {
-                // The gateway refuses the configuration when this returns false; the log says why.
-                let _ = hostcalls::log(
-                    LogLevel::Error,
-                    &format!("header-rewrite: invalid configuration: {reason}"),
-                );
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            config: Rc::clone(&self.config),
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("header-rewrite", Config::parse, |_, config| {
+            Box::new(Stream { config })
         }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
+    });
+}}
 
 struct Stream {
     config: Rc<Config>,

@@ -12,8 +12,9 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel, Status};
+use tollgate_plugin_support::ConfiguredRoot;
 
 use limit::{Config, Decision, KeySource, Window};
 
@@ -23,7 +24,14 @@ use limit::{Config, Decision, KeySource, Window};
 const MAX_CAS_ATTEMPTS: usize = 8;
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root { settings: None }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("local-rate-limit", Settings::parse, |_, settings| {
+            Box::new(Stream {
+                settings,
+                remaining: None,
+            })
+        }))
+    });
 }}
 
 struct Settings {
@@ -32,47 +40,16 @@ struct Settings {
     key_prefix: String,
 }
 
-struct Root {
-    settings: Option<Rc<Settings>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::parse(&bytes) {
-            Ok(limit) => {
-                let plugin = hostcalls::get_property(vec!["plugin_name"])
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let key_prefix = format!("local-rate-limit/{}/", String::from_utf8_lossy(&plugin));
-                self.settings = Some(Rc::new(Settings { limit, key_prefix }));
-                true
-            }
-            Err(reason) => {
-                // The gateway refuses the configuration when this returns false; the log says why.
-                let _ = hostcalls::log(
-                    LogLevel::Error,
-                    &format!("local-rate-limit: invalid configuration: {reason}"),
-                );
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // No stream is created before a successful on_configure, so `settings` is set here.
-        let settings = self.settings.clone()?;
-        Some(Box::new(Stream {
-            settings,
-            remaining: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+impl Settings {
+    /// The configuration, and the key prefix from the plugin's name (asked of the host while configuring).
+    fn parse(bytes: &[u8]) -> Result<Settings, String> {
+        let limit = Config::parse(bytes)?;
+        let plugin = hostcalls::get_property(vec!["plugin_name"])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let key_prefix = format!("local-rate-limit/{}/", String::from_utf8_lossy(&plugin));
+        Ok(Settings { limit, key_prefix })
     }
 }
 

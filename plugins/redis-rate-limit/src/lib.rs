@@ -15,68 +15,41 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+use tollgate_plugin_support::ConfiguredRoot;
 
 use limit::{Config, KeySource, Verdict};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("redis-rate-limit", configure, |context_id, config| {
+            Box::new(Stream {
+                context_id,
+                config,
+                remaining: Rc::default(),
+            })
+        }))
+    });
 }}
 
-struct Root {
-    config: Option<Rc<Config>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = Config::parse(&bytes).and_then(|config| {
-            redis::init(
-                &config.redis_cluster,
-                &config.username,
-                &config.password,
-                config.timeout_ms,
-            )
-            .map_err(|status| {
-                format!(
-                    "redis_init of cluster {:?} failed with status {status}",
-                    config.redis_cluster
-                )
-            })?;
-            Ok(config)
-        });
-        match config {
-            Ok(config) => {
-                self.config = Some(Rc::new(config));
-                true
-            }
-            Err(reason) => {
-                // The gateway refuses the configuration when this returns false; the log says why.
-                let _ = hostcalls::log(
-                    LogLevel::Error,
-                    &format!("redis-rate-limit: invalid configuration: {reason}"),
-                );
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // No stream is created before a successful on_configure, so `config` is set here.
-        let config = self.config.clone()?;
-        Some(Box::new(Stream {
-            context_id,
-            config,
-            remaining: Rc::default(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
+/// Parses the configuration and initialises its Redis cluster with the host: a cluster the host cannot set up
+/// refuses the configuration.
+fn configure(bytes: &[u8]) -> Result<Config, String> {
+    let config = Config::parse(bytes)?;
+    redis::init(
+        &config.redis_cluster,
+        &config.username,
+        &config.password,
+        config.timeout_ms,
+    )
+    .map_err(|status| {
+        format!(
+            "redis_init of cluster {:?} failed with status {status}",
+            config.redis_cluster
+        )
+    })?;
+    Ok(config)
 }
 
 struct Stream {
