@@ -5,13 +5,14 @@
 
 use std::hint::black_box;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
+use tollgate_plugin_support::{empty_as_object, ConfiguredRoot};
 
 const CHUNK_BYTES: usize = 1 << 20;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     /// Request header that arms the allocation; every stream allocates when absent.
@@ -20,10 +21,7 @@ struct Config {
 
 /// An empty configuration means `{}`: allocate on every request.
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Config::default());
-    }
-    let mut config: Config = serde_json::from_slice(bytes).map_err(|e| format!("test-alloc: bad config: {e}"))?;
+    let mut config: Config = serde_json::from_slice(empty_as_object(bytes)).map_err(|e| e.to_string())?;
     // Header maps hold lower-case names; match what the client sent whatever case the config used.
     config.header = config.header.map(|h| h.to_ascii_lowercase());
     Ok(config)
@@ -45,39 +43,14 @@ fn allocate_until_failure() -> ! {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AllocRoot { config: None }) });
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("test-alloc", parse_config, |_, config| {
+            Box::new(AllocStream {
+                header: config.header.clone(),
+            })
+        }))
+    });
 }}
-
-struct AllocRoot {
-    config: Option<Config>,
-}
-
-impl Context for AllocRoot {}
-
-impl RootContext for AllocRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match parse_config(&bytes) {
-            Ok(config) => {
-                self.config = Some(config);
-                true
-            }
-            Err(message) => {
-                log::error!("{message}");
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let header = self.config.as_ref()?.header.clone();
-        Some(Box::new(AllocStream { header }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
 
 struct AllocStream {
     header: Option<String>,

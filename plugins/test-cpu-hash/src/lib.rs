@@ -5,10 +5,11 @@
 
 mod sha256;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
 use sha256::Sha256;
+use tollgate_plugin_support::{empty_as_object, ConfiguredRoot};
 
 const DEFAULT_ROUNDS: u32 = 2000;
 /// Keeps a typo from making one request take minutes in the interpreter.
@@ -27,15 +28,10 @@ fn default_rounds() -> u32 {
 
 /// An empty configuration means `{}`.
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    let config: Config = serde_json::from_slice(text).map_err(|e| format!("test-cpu-hash: bad config: {e}"))?;
+    let config: Config = serde_json::from_slice(empty_as_object(bytes)).map_err(|e| e.to_string())?;
     if !(1..=MAX_ROUNDS).contains(&config.rounds) {
         return Err(format!(
-            "test-cpu-hash: rounds must be between 1 and {MAX_ROUNDS}, got {}",
+            "rounds must be between 1 and {MAX_ROUNDS}, got {}",
             config.rounds
         ));
     }
@@ -75,38 +71,12 @@ fn to_hex(bytes: &[u8]) -> String {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(HashRoot { rounds: None }) });
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("test-cpu-hash", parse_config, |_, config| {
+            Box::new(HashStream { rounds: config.rounds })
+        }))
+    });
 }}
-
-struct HashRoot {
-    rounds: Option<u32>,
-}
-
-impl Context for HashRoot {}
-
-impl RootContext for HashRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match parse_config(&bytes) {
-            Ok(config) => {
-                self.rounds = Some(config.rounds);
-                true
-            }
-            Err(message) => {
-                log::error!("{message}");
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(HashStream { rounds: self.rounds? }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
 
 struct HashStream {
     rounds: u32,

@@ -2,9 +2,12 @@
 //! the gateway's end-to-end tests can prove its watchdog terminates a runaway call (AOT and interpreter), fails
 //! that stream by the plugin's fail strategy and recreates the instance.
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
+use tollgate_plugin_support::ConfiguredRoot;
 
 /// The callback that spins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -23,7 +26,7 @@ struct Config {
 }
 
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let mut config: Config = serde_json::from_slice(bytes).map_err(|e| format!("test-loop: bad config: {e}"))?;
+    let mut config: Config = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     // Header maps hold lower-case names; match what the client sent whatever case the config used.
     config.header = config.header.map(|h| h.to_ascii_lowercase());
     Ok(config)
@@ -43,42 +46,15 @@ fn spin_forever() -> ! {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(LoopRoot { config: None }) });
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("test-loop", parse_config, |_, config| {
+            Box::new(LoopStream { config, armed: false })
+        }))
+    });
 }}
 
-struct LoopRoot {
-    config: Option<Config>,
-}
-
-impl Context for LoopRoot {}
-
-impl RootContext for LoopRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match parse_config(&bytes) {
-            Ok(config) => {
-                self.config = Some(config);
-                true
-            }
-            Err(message) => {
-                log::error!("{message}");
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.config.clone()?;
-        Some(Box::new(LoopStream { config, armed: false }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
 struct LoopStream {
-    config: Config,
+    config: Rc<Config>,
     /// Decided from the request headers, so `response_headers` loops are armed by the client too.
     armed: bool,
 }

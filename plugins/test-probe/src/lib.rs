@@ -15,6 +15,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel, MetricType};
 use serde::Deserialize;
+use tollgate_plugin_support::{empty_as_object, read_configuration};
 
 use crate::stream::ProbeStream;
 
@@ -45,17 +46,9 @@ fn default_env_var() -> String {
 
 /// An empty configuration means `{}`.
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    let config: Config = serde_json::from_slice(text).map_err(|e| format!("test-probe: bad config: {e}"))?;
+    let config: Config = serde_json::from_slice(empty_as_object(bytes)).map_err(|e| e.to_string())?;
     if config.tick_ms > MAX_TICK_MS {
-        return Err(format!(
-            "test-probe: tick_ms must be at most {MAX_TICK_MS}, got {}",
-            config.tick_ms
-        ));
+        return Err(format!("tick_ms must be at most {MAX_TICK_MS}, got {}", config.tick_ms));
     }
     Ok(config)
 }
@@ -111,13 +104,8 @@ impl RootContext for ProbeRoot {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match parse_config(&bytes) {
-            Ok(config) => config,
-            Err(message) => {
-                log::error!("{message}");
-                return false;
-            }
+        let Some(config) = read_configuration(self, "test-probe", parse_config) else {
+            return false;
         };
         for key in [counters::HITS, counters::DEQUEUED, counters::TICKS] {
             if let Err(message) = counters::ensure(key) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use serde::Deserialize;
+use tollgate_plugin_support::read_configuration;
 
 /// Where the plugin traps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -33,9 +34,9 @@ fn default_tick_ms() -> u64 {
 }
 
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let config: Config = serde_json::from_slice(bytes).map_err(|e| format!("test-trap: bad config: {e}"))?;
+    let config: Config = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if config.on == TrapPoint::Tick && config.tick_ms == 0 {
-        return Err("test-trap: tick_ms must be at least 1 when on is \"tick\"".to_string());
+        return Err("tick_ms must be at least 1 when on is \"tick\"".to_string());
     }
     Ok(config)
 }
@@ -53,13 +54,8 @@ impl Context for TrapRoot {}
 
 impl RootContext for TrapRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match parse_config(&bytes) {
-            Ok(config) => config,
-            Err(message) => {
-                log::error!("{message}");
-                return false;
-            }
+        let Some(config) = read_configuration(self, "test-trap", parse_config) else {
+            return false;
         };
         match config.on {
             TrapPoint::Configure => panic!("test-trap: trapping in on_configure as configured"),

@@ -5,9 +5,10 @@
 //! returned in the response header `x-grpc-status`, so a test can see an error status instead of a crash.
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use serde::Deserialize;
+use tollgate_plugin_support::{empty_as_object, ConfiguredRoot};
 
 /// Cluster, service and method of the gRPC call: no gateway config defines such a cluster.
 const GRPC_CLUSTER: &str = "tollgate-test-no-such-cluster";
@@ -56,12 +57,7 @@ fn default_call_unknown() -> bool {
 
 /// An empty configuration means `{}`.
 fn parse_config(bytes: &[u8]) -> Result<Config, String> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    serde_json::from_slice(text).map_err(|e| format!("test-unknown-import: bad config: {e}"))
+    serde_json::from_slice(empty_as_object(bytes)).map_err(|e| e.to_string())
 }
 
 /// Calls `proxy_grpc_call` for a cluster nobody configured and returns the host's status word.
@@ -100,42 +96,15 @@ fn probe_grpc_call() -> u32 {
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(UnknownRoot { config: None }) });
-}}
-
-struct UnknownRoot {
-    config: Option<Config>,
-}
-
-impl Context for UnknownRoot {}
-
-impl RootContext for UnknownRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match parse_config(&bytes) {
-            Ok(config) => {
-                self.config = Some(config);
-                true
-            }
-            Err(message) => {
-                log::error!("{message}");
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.config?;
-        Some(Box::new(UnknownStream {
-            config,
-            grpc_status: None,
+    proxy_wasm::set_root_context(|_| {
+        Box::new(ConfiguredRoot::new("test-unknown-import", parse_config, |_, config| {
+            Box::new(UnknownStream {
+                config: *config,
+                grpc_status: None,
+            })
         }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
+    });
+}}
 
 struct UnknownStream {
     config: Config,
