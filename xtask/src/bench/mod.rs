@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::cmd;
+use procs::Procs;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Which {
@@ -41,6 +42,10 @@ pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<
         Which::Plugins => plugins::run(quick, proxy_cpu_percent),
     }
 }
+
+/// Where every bench runs the proxy under test; the load side (wrk, the upstream) runs on `LOAD_CPU`.
+const PROXY_CPU: u32 = 1;
+const LOAD_CPU: u32 = 0;
 
 /// cgroup CPU period when the proxies are capped: short, so throttling adds
 /// at most a few milliseconds to any request.
@@ -65,6 +70,58 @@ struct Row {
     outcome: wrk::Outcome,
     load_cpu: f64,
     proxy_cpu: f64,
+}
+
+/// One load run (`run` drives it and returns its outcome), with the busy share of both CPUs over the run.
+/// Fails when a bench process has exited meanwhile.
+fn measure(
+    procs: &mut Procs,
+    case: &'static str,
+    side: &'static str,
+    run: impl FnOnce() -> Result<wrk::Outcome>,
+) -> Result<Row> {
+    let before = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
+    let outcome = run().with_context(|| format!("{side}, {case}"))?;
+    let after = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
+    procs.check_running()?;
+    Ok(Row {
+        case,
+        side,
+        outcome,
+        load_cpu: cpu::busy_percent(before.0, after.0),
+        proxy_cpu: cpu::busy_percent(before.1, after.1),
+    })
+}
+
+/// One wrk run against `http://<addr>/`.
+fn measure_http(
+    procs: &mut Procs,
+    case: &'static str,
+    side: &'static str,
+    addr: std::net::SocketAddr,
+    load: &wrk::Load,
+) -> Result<Row> {
+    measure(procs, case, side, || wrk::run(&format!("http://{addr}/"), load))
+}
+
+impl Row {
+    /// A note when this run may measure the load side rather than the proxy: on two cores wrk and the upstream
+    /// share CPU 0 and can saturate first, and a ratio between two load-bound runs compares the load side with
+    /// itself. `ceiling` is the rate of wrk straight to the upstream, when the bench measured it.
+    fn load_bound_note(&self, ceiling: Option<f64>) -> Option<String> {
+        let near_ceiling = ceiling.is_some_and(|c| self.outcome.rps >= 0.9 * c);
+        let load_saturated = self.load_cpu >= 95.0 && self.proxy_cpu < 90.0;
+        if !(near_ceiling || load_saturated) {
+            return None;
+        }
+        let share = ceiling.map_or(String::new(), |c| {
+            format!("{:.0}% of the direct ceiling, ", self.outcome.rps * 100.0 / c)
+        });
+        Some(format!(
+            "note: {} {}: {share}load CPU {:.0}%, proxy CPU {:.0}%: the load side may be the limit",
+            self.side, self.case, self.load_cpu, self.proxy_cpu
+        ))
+    }
 }
 
 /// What a bench prints and writes to target/bench/<name>.json: a table of runs
@@ -144,6 +201,38 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(rps: f64, load_cpu: f64, proxy_cpu: f64) -> Row {
+        Row {
+            case: "keep-alive",
+            side: "tollgate",
+            outcome: wrk::Outcome {
+                rps,
+                p99_ms: 1.0,
+                requests: 1000,
+                errors: 0,
+            },
+            load_cpu,
+            proxy_cpu,
+        }
+    }
+
+    #[test]
+    fn load_bound_runs_are_noted_near_the_ceiling_or_with_the_load_cpu_saturated() {
+        assert_eq!(row(50_000.0, 60.0, 99.0).load_bound_note(Some(100_000.0)), None);
+        assert_eq!(row(50_000.0, 60.0, 99.0).load_bound_note(None), None);
+        assert_eq!(
+            row(95_000.0, 60.0, 99.0).load_bound_note(Some(100_000.0)).as_deref(),
+            Some(
+                "note: tollgate keep-alive: 95% of the direct ceiling, load CPU 60%, proxy CPU 99%: \
+                 the load side may be the limit"
+            )
+        );
+        assert_eq!(
+            row(50_000.0, 97.0, 80.0).load_bound_note(None).as_deref(),
+            Some("note: tollgate keep-alive: load CPU 97%, proxy CPU 80%: the load side may be the limit")
+        );
+    }
 
     #[test]
     fn numbers_are_rounded_and_flat() {

@@ -1,4 +1,4 @@
-//! nginx as a bench peer: the main block, temp paths and the 12-byte
+//! nginx as a bench peer: the main block, temp paths, the reverse-proxy config and the 12-byte
 //! upstream every bench shares, started pinned (and optionally capped) like
 //! the gateway it is compared with.
 
@@ -11,6 +11,8 @@ use super::procs::Procs;
 use crate::cmd;
 
 const NGINX: &str = "/usr/sbin/nginx";
+/// The body of every answer of [`upstream_conf`]'s server.
+pub(super) const BODY: &str = "hello world\n";
 
 /// Fails early, with the fix, when nginx is not installed.
 pub(super) fn require() -> Result<()> {
@@ -67,6 +69,19 @@ pub(super) fn upstream_conf(dir: &Path, listen: SocketAddr) -> String {
          location / {{ default_type text/plain; return 200 \"hello world\\n\"; }}\n  }}\n}}\n",
         main = nginx_main(dir, "upstream"),
         paths = nginx_http_paths(dir, "upstream"),
+    )
+}
+
+/// nginx as the peer proxy, tuned like Tollgate's defaults: pooled upstream connections (200 idle, 10,000
+/// requests) and 10,000 requests per client connection.
+pub(super) fn proxy_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  keepalive_timeout 75s;\n  \
+         upstream up {{ server {upstream}; keepalive 200; keepalive_requests 10000; keepalive_timeout 100s; }}\n  \
+         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        main = nginx_main(dir, "nginx"),
+        paths = nginx_http_paths(dir, "nginx"),
     )
 }
 

@@ -12,24 +12,20 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tollgate_e2e::cgroup::CpuCgroup;
 
-use super::nginx::{nginx_http_paths, nginx_main, start_nginx, write};
-use super::procs::{free_port, Procs};
-use super::wrk::{self, Load};
-use super::{cpu, nginx, proxy_cpu_cap, Report, Row};
+use super::nginx::{nginx_http_paths, nginx_main, proxy_conf, start_nginx, write, BODY};
+use super::procs::{free_port, http_get, Procs, Response};
+use super::wrk::Load;
+use super::{measure_http, nginx, proxy_cpu_cap, Report, Row, LOAD_CPU, PROXY_CPU};
 use crate::{cmd, plugins};
 
-const PROXY_CPU: u32 = 1;
-const LOAD_CPU: u32 = 0;
-const BODY: &str = "hello world\n";
 const ROUNDS: usize = 2;
 /// SHA-256 rounds per request in test-cpu-hash: few enough that the
 /// interpreter still serves hundreds of requests a second, enough that the
@@ -118,7 +114,7 @@ fn throughput(
         None,
     )?;
     let via_nginx: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let conf = nginx_proxy_conf(&dir, via_nginx, upstream);
+    let conf = proxy_conf(&dir, via_nginx, upstream);
     start_nginx(&mut procs, "nginx", PROXY_CPU, &conf, via_nginx, procs_file.as_deref())?;
     preflight(&procs, "nginx", via_nginx, &[])?;
 
@@ -152,7 +148,7 @@ fn throughput(
         cpu: LOAD_CPU,
     };
     // What CPU 0 can drive at all: a proxied run near it is load-bound.
-    let direct = measure(&mut procs, "direct", "none", upstream, &load)?;
+    let direct = measure_http(&mut procs, "direct", "none", upstream, &load)?;
     let ceiling = direct.outcome.rps;
     report.number("rps_direct", ceiling);
     // Nothing of the bench works on CPU 1 during the direct run: what is busy there
@@ -163,7 +159,7 @@ fn throughput(
     let mut best: Vec<Option<Row>> = sides.iter().map(|_| None).collect();
     for _ in 0..ROUNDS {
         for (slot, (case, side, addr)) in best.iter_mut().zip(&sides) {
-            let row = measure(&mut procs, case, side, *addr, &load)?;
+            let row = measure_http(&mut procs, case, side, *addr, &load)?;
             if slot.as_ref().is_none_or(|b| row.outcome.rps > b.outcome.rps) {
                 *slot = Some(row);
             }
@@ -200,17 +196,8 @@ fn throughput(
         );
     }
     for r in report.rows.iter().filter(|r| r.case != "direct") {
-        // On two cores wrk and the upstream share CPU 0 and can saturate first; a
-        // ratio between two load-bound runs compares the load side with itself.
-        if r.outcome.rps >= 0.9 * ceiling || (r.load_cpu >= 95.0 && r.proxy_cpu < 90.0) {
-            println!(
-                "note: {} {}: {:.0}% of the direct ceiling, load CPU {:.0}%, proxy CPU {:.0}%: the load side may be the limit",
-                r.side,
-                r.case,
-                r.outcome.rps * 100.0 / ceiling,
-                r.load_cpu,
-                r.proxy_cpu
-            );
+        if let Some(note) = r.load_bound_note(Some(ceiling)) {
+            println!("{note}");
         }
     }
     Ok(())
@@ -362,13 +349,12 @@ fn start_gateway(
     config: &Value,
     listen: SocketAddr,
     cgroup: Option<&Path>,
-) -> Result<PathBuf> {
+) -> Result<()> {
     let path = procs.dir().join(format!("{name}.yaml"));
     write(&path, &serde_json::to_string_pretty(config)?)?;
     let arg = path.to_str().context("non-UTF-8 path")?;
     procs.spawn(name, PROXY_CPU, tollgate, &["run", "--config", arg], cgroup)?;
-    procs.wait_listening(name, listen)?;
-    Ok(path)
+    procs.wait_listening(name, listen)
 }
 
 /// Checks that `addr` really proxies, with its plugins: 200, the upstream's
@@ -383,8 +369,8 @@ fn preflight(
 ) -> Result<Response> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let problem = match fetch(addr, "/", &[("origin", ORIGIN)]) {
-            Ok(response) => match response.problem(expect) {
+        let problem = match http_get(addr, "/", &[("origin", ORIGIN)]) {
+            Ok(response) => match problem(&response, expect) {
                 None => return Ok(response),
                 Some(problem) => problem,
             },
@@ -395,21 +381,6 @@ fn preflight(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// One wrk run against `addr`, with the busy share of both CPUs over the run.
-fn measure(procs: &mut Procs, case: &'static str, side: &'static str, addr: SocketAddr, load: &Load) -> Result<Row> {
-    let before = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
-    let outcome = wrk::run(&format!("http://{addr}/"), load).with_context(|| format!("{side}, {case}"))?;
-    let after = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
-    procs.check_running()?;
-    Ok(Row {
-        case,
-        side,
-        outcome,
-        load_cpu: cpu::busy_percent(before.0, after.0),
-        proxy_cpu: cpu::busy_percent(before.1, after.1),
-    })
 }
 
 /// The 255-worker gateway four ways: without plugins (the baseline RSS),
@@ -453,7 +424,7 @@ fn budget_scenarios(tollgate: &Path, modules: &Modules, report: &mut Report) -> 
             vm_budget.map(|b| json!({"vm_budget": b, "vm_memory_budget": PER_WORKER_MEMORY_BUDGET, "plugins": eight}));
         let config = gateway_config(listen, admin, upstream, BUDGET_WORKERS, section);
         let name = format!("tollgate-{prefix}");
-        let path = start_gateway(&mut procs, tollgate, &name, &config, listen, None)?;
+        start_gateway(&mut procs, tollgate, &name, &config, listen, None)?;
         let expect: &[_] = if vm_budget.is_some() { &expect } else { &[] };
         preflight(&procs, &name, listen, expect)?;
         let instances = match vm_budget {
@@ -464,7 +435,7 @@ fn budget_scenarios(tollgate: &Path, modules: &Modules, report: &mut Report) -> 
             }
             None => None,
         };
-        let rss = rss_mb(gateway_pid(&path)?)?;
+        let rss = rss_mb(procs.pid(&name)?)?;
         let label = vm_budget.map_or("none".to_owned(), |b| b.to_string());
         println!(
             "  vm_budget {label:>4}: {}, RSS {rss:.1} MB",
@@ -489,7 +460,7 @@ fn settled_instances(procs: &mut Procs, name: &str, admin: SocketAddr) -> Result
     let mut since = Instant::now();
     loop {
         procs.check_running()?;
-        let response = fetch(admin, "/metrics", &[]).with_context(|| format!("{name} admin on {admin}"))?;
+        let response = http_get(admin, "/metrics", &[]).with_context(|| format!("{name} admin on {admin}"))?;
         if response.status != 200 {
             bail!("{name}: GET /metrics answered {}", response.status);
         }
@@ -525,27 +496,6 @@ fn metric_sum(text: &str, name: &str) -> Option<u64> {
     sum
 }
 
-/// The pid of the gateway started with config `path` (taskset execs it, so
-/// it is the process whose command line names the config).
-fn gateway_pid(config: &Path) -> Result<u32> {
-    let wanted = config.as_os_str().as_encoded_bytes();
-    for entry in fs::read_dir("/proc").context("cannot list /proc")? {
-        let entry = entry?;
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let mut args = cmdline.split(|&b| b == 0);
-        let is_gateway = args.next().is_some_and(|program| program.ends_with(b"tollgate"));
-        if is_gateway && args.any(|arg| arg == wanted) {
-            return Ok(pid);
-        }
-    }
-    bail!("no tollgate process runs with {}", config.display())
-}
-
 fn rss_mb(pid: u32) -> Result<f64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
@@ -562,75 +512,29 @@ fn vm_rss_kib(status: &str) -> Option<u64> {
     (parts.next() == Some("kB")).then_some(kib)
 }
 
-/// One HTTP/1.1 answer as the pre-flight and the metrics reader see it.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    /// Names lower-cased.
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+/// Why `response` is not the proxied upstream answer with `expect`ed headers.
+fn problem(response: &Response, expect: &[(&str, Option<&str>)]) -> Option<String> {
+    if response.status != 200 || response.body != BODY {
+        return Some(format!(
+            "answered {} {:?}, not 200 {BODY:?}",
+            response.status, response.body
+        ));
     }
-
-    /// Why this is not the proxied upstream answer with `expect`ed headers.
-    fn problem(&self, expect: &[(&str, Option<&str>)]) -> Option<String> {
-        if self.status != 200 || self.body != BODY {
-            return Some(format!("answered {} {:?}, not 200 {BODY:?}", self.status, self.body));
-        }
-        let missing: Vec<String> = expect
-            .iter()
-            .filter(|(name, value)| match (self.header(name), value) {
-                (Some(got), Some(want)) => got != *want,
-                (got, None) => got.is_none(),
-                (None, Some(_)) => true,
-            })
-            .map(|(name, value)| format!("{name}: {}", value.unwrap_or("<any>")))
-            .collect();
-        (!missing.is_empty()).then(|| {
-            format!(
-                "response lacks {} (the plugins did not run); headers: {:?}",
-                missing.join(", "),
-                self.headers
-            )
+    let missing: Vec<String> = expect
+        .iter()
+        .filter(|(name, value)| match (response.header(name), value) {
+            (Some(got), Some(want)) => got != *want,
+            (got, None) => got.is_none(),
+            (None, Some(_)) => true,
         })
-    }
-}
-
-/// `GET path` over a fresh connection with extra request headers.
-fn fetch(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut bytes = Vec::new();
-    stream.read_to_end(&mut bytes)?;
-    parse_response(&String::from_utf8_lossy(&bytes)).with_context(|| format!("GET {path} from {addr}"))
-}
-
-fn parse_response(text: &str) -> Result<Response> {
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP response: {text:?}"))?;
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .map(|(name, value)| format!("{name}: {}", value.unwrap_or("<any>")))
         .collect();
-    Ok(Response {
-        status,
-        headers,
-        body: body.to_owned(),
+    (!missing.is_empty()).then(|| {
+        format!(
+            "response lacks {} (the plugins did not run); headers: {:?}",
+            missing.join(", "),
+            response.headers
+        )
     })
 }
 
@@ -652,20 +556,9 @@ fn echo_upstream_conf(dir: &Path, listen: SocketAddr) -> String {
     )
 }
 
-/// nginx as the peer proxy, tuned as in `bench proxy`.
-fn nginx_proxy_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  keepalive_timeout 75s;\n  \
-         upstream up {{ server {upstream}; keepalive 200; keepalive_requests 10000; keepalive_timeout 100s; }}\n  \
-         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n      \
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
-        main = nginx_main(dir, "nginx"),
-        paths = nginx_http_paths(dir, "nginx"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::procs::parse_response;
     use super::*;
 
     #[test]
@@ -702,14 +595,15 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-Bench-Resp: 1\r\nx-seen-bench: 1\r\n\r\nhello world\n",
         )
         .unwrap();
-        assert_eq!(ok.header("x-bench-resp"), Some("1"));
-        assert_eq!(ok.problem(&[("x-seen-bench", Some("1")), ("x-bench-resp", None)]), None);
-        let wrong = ok.problem(&[("x-bench-resp", Some("2"))]).unwrap();
+        assert_eq!(
+            problem(&ok, &[("x-seen-bench", Some("1")), ("x-bench-resp", None)]),
+            None
+        );
+        let wrong = problem(&ok, &[("x-bench-resp", Some("2"))]).unwrap();
         assert!(wrong.contains("x-bench-resp: 2"), "{wrong}");
-        assert!(ok.problem(&[("x-ratelimit-limit", None)]).is_some());
+        assert!(problem(&ok, &[("x-ratelimit-limit", None)]).is_some());
         let failed = parse_response("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").unwrap();
-        assert!(failed.problem(&[]).unwrap().contains("503"));
-        assert!(parse_response("garbage").is_err());
+        assert!(problem(&failed, &[]).unwrap().contains("503"));
     }
 
     #[test]

@@ -100,13 +100,7 @@ impl Procs {
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
-            let child = &mut self
-                .children
-                .iter_mut()
-                .find(|(n, _)| n == name)
-                .context("no such process")?
-                .1;
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = self.child(name)?.try_wait()? {
                 bail!(
                     "{name} exited ({status}) before listening on {addr}\n{}",
                     self.log_tail(name)
@@ -117,6 +111,20 @@ impl Procs {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The pid of the program started as `name`: taskset execs it, so it is the child's own.
+    pub fn pid(&mut self, name: &str) -> Result<u32> {
+        Ok(self.child(name)?.id())
+    }
+
+    fn child(&mut self, name: &str) -> Result<&mut Child> {
+        let (_, child) = self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no bench process {name}"))?;
+        Ok(child)
     }
 
     /// Fails, with the log, if any process has exited: a peer that died mid-run
@@ -211,22 +219,70 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// One `GET /` over a fresh connection; returns the status code and body.
-/// Checks that a proxy really proxies before load is put on it.
-pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
+/// One HTTP/1.1 answer as [`http_get`] reads it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` with extra request headers over a fresh connection: checks that a
+/// proxy really proxies before load is put on it, and reads admin endpoints.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response from {addr}: {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes)?;
+    parse_response(&String::from_utf8_lossy(&bytes)).with_context(|| format!("GET {path} from {addr}"))
+}
+
+pub fn parse_response(text: &str) -> Result<Response> {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP response: {text:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_parsed_with_lower_cased_header_names() {
+        let ok =
+            parse_response("HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-Bench-Resp:  1 \r\n\r\nhello world\n").unwrap();
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.header("x-bench-resp"), Some("1"));
+        assert_eq!(ok.header("content-length"), Some("12"));
+        assert_eq!(ok.body, "hello world\n");
+        let empty = parse_response("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").unwrap();
+        assert_eq!((empty.status, empty.body.as_str()), (503, ""));
+        assert!(parse_response("garbage").is_err());
+    }
 }

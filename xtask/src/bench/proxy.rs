@@ -5,20 +5,16 @@
 //! request). Each side runs twice, alternating, and its better run counts.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use tollgate_e2e::cgroup::CpuCgroup;
 
-use super::nginx::{nginx_http_paths, nginx_main, start_nginx, upstream_conf, write};
+use super::nginx::{proxy_conf, start_nginx, upstream_conf, write, BODY};
 use super::procs::{free_port, http_get, Procs};
-use super::wrk::{self, Load};
-use super::{cpu, nginx, proxy_cpu_cap, Report, Row};
+use super::wrk::Load;
+use super::{measure_http, nginx, proxy_cpu_cap, Report, Row, LOAD_CPU, PROXY_CPU};
 use crate::cmd;
 
-const PROXY_CPU: u32 = 1;
-const LOAD_CPU: u32 = 0;
-const BODY: &str = "hello world\n";
 const ROUNDS: usize = 2;
 
 pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
@@ -59,10 +55,12 @@ pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
 
     let sides = [("nginx", via_nginx), ("tollgate", via_tollgate)];
     for (side, addr) in sides {
-        let (status, body) = http_get(addr).with_context(|| format!("{side} on {addr}"))?;
-        if status != 200 || body != BODY {
+        let response = http_get(addr, "/", &[]).with_context(|| format!("{side} on {addr}"))?;
+        if response.status != 200 || response.body != BODY {
             bail!(
-                "{side} on {addr} answered {status} {body:?}, not 200 {BODY:?}\n{}",
+                "{side} on {addr} answered {} {:?}, not 200 {BODY:?}\n{}",
+                response.status,
+                response.body,
                 procs.log_tail(side)
             );
         }
@@ -84,13 +82,13 @@ pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
         };
         // wrk straight to the upstream: what CPU 0 can drive at all. A proxied run near
         // this ceiling is load-bound and its ratio says nothing about the proxies.
-        let direct = measure(&mut procs, case, "direct", upstream, &load)?;
+        let direct = measure_http(&mut procs, case, "direct", upstream, &load)?;
         report.number(&format!("direct_{prefix}rps"), direct.outcome.rps);
         report.rows.push(direct);
         let mut best: [Option<Row>; 2] = [None, None];
         for _ in 0..ROUNDS {
             for (i, (side, addr)) in sides.iter().enumerate() {
-                let row = measure(&mut procs, case, side, *addr, &load)?;
+                let row = measure_http(&mut procs, case, side, *addr, &load)?;
                 if best[i].as_ref().is_none_or(|b| row.outcome.rps > b.outcome.rps) {
                     best[i] = Some(row);
                 }
@@ -125,48 +123,11 @@ pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
             .iter()
             .find(|d| d.side == "direct" && d.case == r.case)
             .map_or(f64::INFINITY, |d| d.outcome.rps);
-        // On two cores the load side (wrk and the upstream sharing CPU 0) can saturate
-        // first; the ratio then compares the load side with itself.
-        if r.outcome.rps >= 0.9 * ceiling || (r.load_cpu >= 95.0 && r.proxy_cpu < 90.0) {
-            println!(
-                "note: {} {}: {:.0}% of the direct ceiling, load CPU {:.0}%, proxy CPU {:.0}%: the load side may be the limit",
-                r.side,
-                r.case,
-                r.outcome.rps * 100.0 / ceiling,
-                r.load_cpu,
-                r.proxy_cpu
-            );
+        if let Some(note) = r.load_bound_note(Some(ceiling)) {
+            println!("{note}");
         }
     }
     report.finish()
-}
-
-/// One wrk run against `addr`, with the busy share of both CPUs over the run.
-fn measure(procs: &mut Procs, case: &'static str, side: &'static str, addr: SocketAddr, load: &Load) -> Result<Row> {
-    let before = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
-    let outcome = wrk::run(&format!("http://{addr}/"), load).with_context(|| format!("{side}, {case}"))?;
-    let after = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
-    procs.check_running()?;
-    Ok(Row {
-        case,
-        side,
-        outcome,
-        load_cpu: cpu::busy_percent(before.0, after.0),
-        proxy_cpu: cpu::busy_percent(before.1, after.1),
-    })
-}
-
-/// nginx tuned like Tollgate's defaults: pooled upstream connections (200
-/// idle, 10,000 requests) and 10,000 requests per client connection.
-fn proxy_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
-    format!(
-        "{main}http {{\n  access_log off;\n{paths}  keepalive_requests 10000;\n  keepalive_timeout 75s;\n  \
-         upstream up {{ server {upstream}; keepalive 200; keepalive_requests 10000; keepalive_timeout 100s; }}\n  \
-         server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://up;\n      \
-         proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
-        main = nginx_main(dir, "nginx"),
-        paths = nginx_http_paths(dir, "nginx"),
-    )
 }
 
 fn tollgate_conf(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {

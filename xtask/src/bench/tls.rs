@@ -22,14 +22,12 @@ use anyhow::{bail, Context, Result};
 use tollgate_e2e::cgroup::CpuCgroup;
 use tollgate_e2e::tls::Ca;
 
-use super::nginx::{nginx_http_paths, nginx_main, start_nginx, upstream_conf, write};
+use super::nginx::{nginx_http_paths, nginx_main, start_nginx, upstream_conf, write, BODY};
 use super::procs::{free_port, Procs};
 use super::wrk::{self, Load};
-use super::{cpu, nginx, proxy_cpu_cap, Report, Row};
+use super::{nginx, proxy_cpu_cap, Report, Row, LOAD_CPU, PROXY_CPU};
 use crate::cmd;
 
-const PROXY_CPU: u32 = 1;
-const LOAD_CPU: u32 = 0;
 const ROUNDS: usize = 2;
 /// wrk sends the URL's host as SNI and resolves it: localhost is 127.0.0.1
 /// here, and a name (unlike an IP) is a valid SNI.
@@ -165,17 +163,12 @@ pub fn run(quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
     );
     for r in &report.rows {
         // With TLS the client's half of each handshake runs on the load CPU too.
-        if r.load_cpu >= 95.0 && r.proxy_cpu < 90.0 {
-            println!(
-                "note: {} {}: load CPU {:.0}%, proxy CPU {:.0}%: the load side may be the limit",
-                r.side, r.case, r.load_cpu, r.proxy_cpu
-            );
+        if let Some(note) = r.load_bound_note(None) {
+            println!("{note}");
         }
     }
     report.finish()
 }
-
-const BODY: &str = "hello world\n";
 
 /// One load run against `addr` (full handshakes with s_time, or wrk over
 /// `https://localhost:<port>/`), with the busy share of both CPUs.
@@ -187,21 +180,12 @@ fn measure(
     load: &Load,
     handshakes: bool,
 ) -> Result<Row> {
-    let before = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
-    let outcome = if handshakes {
-        s_time(addr, load.seconds)
-    } else {
-        wrk::run(&format!("https://{HOST}:{}/", addr.port()), load)
-    }
-    .with_context(|| format!("{side}, {case}"))?;
-    let after = (cpu::sample(LOAD_CPU)?, cpu::sample(PROXY_CPU)?);
-    procs.check_running()?;
-    Ok(Row {
-        case,
-        side,
-        outcome,
-        load_cpu: cpu::busy_percent(before.0, after.0),
-        proxy_cpu: cpu::busy_percent(before.1, after.1),
+    super::measure(procs, case, side, || {
+        if handshakes {
+            s_time(addr, load.seconds)
+        } else {
+            wrk::run(&format!("https://{HOST}:{}/", addr.port()), load)
+        }
     })
 }
 
