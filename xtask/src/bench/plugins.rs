@@ -104,15 +104,7 @@ fn throughput(
     let procs_file = cgroup.as_ref().map(CpuCgroup::procs_file);
     let mut procs = Procs::new("plugins")?;
     let dir = procs.dir().to_path_buf();
-    let upstream: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    start_nginx(
-        &mut procs,
-        "upstream",
-        LOAD_CPU,
-        &echo_upstream_conf(&dir, upstream),
-        upstream,
-        None,
-    )?;
+    let upstream = start_echo_upstream(&mut procs)?;
     let via_nginx: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let conf = proxy_conf(&dir, via_nginx, upstream);
     start_nginx(&mut procs, "nginx", PROXY_CPU, &conf, via_nginx, procs_file.as_deref())?;
@@ -388,16 +380,7 @@ fn preflight(
 /// one instance per worker per plugin (what a VM per worker would cost).
 fn budget_scenarios(tollgate: &Path, modules: &Modules, report: &mut Report) -> Result<()> {
     let mut procs = Procs::new("plugins-budget")?;
-    let dir = procs.dir().to_path_buf();
-    let upstream: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    start_nginx(
-        &mut procs,
-        "upstream",
-        LOAD_CPU,
-        &echo_upstream_conf(&dir, upstream),
-        upstream,
-        None,
-    )?;
+    let upstream = start_echo_upstream(&mut procs)?;
     let eight = (1..=BUDGET_PLUGINS)
         .map(|i| {
             let mut entry = header_rewrite(modules, &format!("rewrite-{i}"), &format!("-{i}"), true)?;
@@ -536,6 +519,14 @@ fn problem(response: &Response, expect: &[(&str, Option<&str>)]) -> Option<Strin
             response.headers
         )
     })
+}
+
+/// Starts the echoing upstream on the load CPU; returns its address.
+fn start_echo_upstream(procs: &mut Procs) -> Result<SocketAddr> {
+    let upstream: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let conf = echo_upstream_conf(procs.dir(), upstream);
+    start_nginx(procs, "upstream", LOAD_CPU, &conf, upstream, None)?;
+    Ok(upstream)
 }
 
 /// The shared 12-byte upstream, plus `x-seen-*` response headers echoing
