@@ -50,7 +50,9 @@ async fn run(live: Arc<ArcSwap<Snapshot>>) {
                     dispatched.push((Arc::clone(plugin), calls));
                 }
             }
-            plugin.recreate_due();
+            for calls in plugin.recreate_due() {
+                dispatched.push((Arc::clone(plugin), calls));
+            }
             for calls in plugin.run_due_ticks(now) {
                 dispatched.push((Arc::clone(plugin), calls));
             }

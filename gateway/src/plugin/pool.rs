@@ -284,7 +284,10 @@ impl LoadedPlugin {
     /// Recreates down slots whose backoff has passed. Runs on the
     /// housekeeping thread; the instance starts without the slot locked so
     /// streams never wait behind a start.
-    pub(super) fn recreate_due(&self) {
+    /// Returns the calls the new instances' root contexts dispatched while
+    /// starting.
+    pub(super) fn recreate_due(&self) -> Vec<RootCalls> {
+        let mut dispatched = Vec::new();
         for (index, slot) in self.slots.iter().enumerate() {
             let due = match &*lock(&slot.state) {
                 SlotState::Down { retry_at, failures, .. } if *retry_at <= Instant::now() => Some(*failures),
@@ -292,14 +295,25 @@ impl LoadedPlugin {
             };
             let Some(failures) = due else { continue };
             match PluginInstance::start(&self.module, &self.settings) {
-                Ok(instance) => {
-                    *lock(&slot.state) = SlotState::Ready {
+                Ok(mut instance) => {
+                    let calls = instance.take_root_pending();
+                    let mut state = lock(&slot.state);
+                    // Under the lock, so no lease sees the new instance with the old generation.
+                    let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    *state = SlotState::Ready {
                         instance,
                         since: Instant::now(),
                         failures,
                         next_tick: None,
                     };
-                    slot.generation.fetch_add(1, Ordering::Relaxed);
+                    drop(state);
+                    if !calls.is_empty() {
+                        dispatched.push(RootCalls {
+                            slot: index,
+                            generation,
+                            calls,
+                        });
+                    }
                     self.stats.restarted_slots(1);
                     tracing::info!(plugin = %self.name, slot = index, "plugin instance recreated");
                 }
@@ -313,6 +327,7 @@ impl LoadedPlugin {
                 }
             }
         }
+        dispatched
     }
 
     /// Calls `on_tick` on every ready instance whose tick period has come
@@ -509,7 +524,7 @@ mod tests {
         assert_eq!(plugin.instances_and_memory().0, 1);
         assert_eq!(plugin.down_reasons().len(), 1);
         // The first fault is recreated at once (no backoff yet).
-        plugin.recreate_due();
+        assert!(plugin.recreate_due().is_empty(), "this root context dispatches nothing");
         assert_eq!(plugin.instances_and_memory().0, 2);
         let lease = plugin.lease_for_new_stream(2).expect("home again");
         assert_eq!(lease.slot, 0);
