@@ -127,7 +127,7 @@ impl StreamChain {
             .find(|e| !e.active && e.plugin.fail_strategy == FailStrategy::FailClosed)
             .map(|e| Verdict::Fail {
                 status: 503,
-                reason: format!("plugin {} is unavailable", e.plugin.name),
+                reason: format!("plugin {} is unavailable ({})", e.plugin.name, e.plugin.down_reason()),
             })
     }
 

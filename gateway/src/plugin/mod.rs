@@ -28,6 +28,6 @@ pub use instance::{
     set_known_clusters, Action, BodyAction, Fault, FaultKind, HeaderMap, HttpCallResponse, InstanceSettings,
     LocalResponse, PendingCall, PluginInstance, RedisFailure, StreamData, StreamProperties, TlsInfo,
 };
-pub use pool::{plan as plan_budget, BudgetPlan, LoadedPlugin};
+pub use pool::LoadedPlugin;
 pub use set::{set_worker_count, LoadedPlugins};
 pub use vm::{init_runtime, AbiVersion, PluginModule};

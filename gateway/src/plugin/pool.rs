@@ -432,15 +432,16 @@ impl LoadedPlugin {
         self.lease(slot, Some(generation))?.instance().redis_settings(cluster)
     }
 
-    /// Why each down slot is down, for logs and tests.
-    pub fn down_reasons(&self) -> Vec<String> {
+    /// Why the plugin has no ready instance: the fault that took the first
+    /// down slot down (an empty string when one is ready again).
+    pub(super) fn down_reason(&self) -> String {
         self.slots
             .iter()
-            .filter_map(|slot| match &*lock(&slot.state) {
+            .find_map(|slot| match &*lock(&slot.state) {
                 SlotState::Down { reason, .. } => Some(reason.clone()),
                 SlotState::Ready { .. } => None,
             })
-            .collect()
+            .unwrap_or_default()
     }
 }
 
@@ -472,11 +473,13 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
-    /// Traps in request headers; its root context's on_delete records itself in shared data.
+    /// Traps in request headers; its root context's on_delete stores "yes"
+    /// under the 14-byte shared-data key `KEY` (tests run in parallel over
+    /// one process-wide store, so each uses its own key).
     const MODULE: &str = r#"(module
         (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
         (memory (export "memory") 1)
-        (data (i32.const 16) "pool-retired")
+        (data (i32.const 16) "KEY")
         (data (i32.const 48) "yes")
         (func (export "proxy_abi_version_0_2_1"))
         (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
@@ -487,9 +490,10 @@ mod tests {
         (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
         (func (export "proxy_on_delete") (param $ctx i32)
           (if (i32.eq (local.get $ctx) (i32.const 1))
-            (then (drop (call $set (i32.const 16) (i32.const 12) (i32.const 48) (i32.const 3) (i32.const 0)))))))"#;
+            (then (drop (call $set (i32.const 16) (i32.const 14) (i32.const 48) (i32.const 3) (i32.const 0)))))))"#;
 
-    fn loaded(slots: usize) -> LoadedPlugin {
+    fn loaded(slots: usize, key: &str) -> LoadedPlugin {
+        assert_eq!(key.len(), 14);
         super::super::vm::init_runtime().unwrap();
         let settings = InstanceSettings {
             plugin_name: "pool-test".into(),
@@ -500,13 +504,13 @@ mod tests {
             max_call_time: Duration::from_millis(100),
             environment: Vec::new(),
         };
-        let bytes = wat::parse_str(MODULE).unwrap();
+        let bytes = wat::parse_str(MODULE.replace("KEY", key)).unwrap();
         LoadedPlugin::load("pool-test", bytes, settings, FailStrategy::FailClosed, slots, 1).unwrap()
     }
 
     #[test]
     fn a_faulted_slot_is_skipped_then_recreated() {
-        let plugin = loaded(2);
+        let plugin = loaded(2, "pool-faulted-a");
         // Worker 2's home slot is 0.
         let mut lease = plugin.lease_for_new_stream(2).expect("ready");
         assert_eq!(lease.slot, 0);
@@ -522,7 +526,7 @@ mod tests {
         );
         assert_eq!(plugin.lease_for_new_stream(2).expect("the other slot").slot, 1);
         assert_eq!(plugin.instances_and_memory().0, 1);
-        assert_eq!(plugin.down_reasons().len(), 1);
+        assert!(plugin.down_reason().contains("unreachable"), "{}", plugin.down_reason());
         // The first fault is recreated at once (no backoff yet).
         assert!(plugin.recreate_due().is_empty(), "this root context dispatches nothing");
         assert_eq!(plugin.instances_and_memory().0, 2);
@@ -533,10 +537,10 @@ mod tests {
 
     #[test]
     fn a_retired_version_shuts_its_root_contexts_down() {
-        let plugin = loaded(1);
-        assert!(super::super::abi::shared::get_shared(b"pool-retired").is_none());
+        let plugin = loaded(1, "pool-retired-b");
+        assert!(super::super::abi::shared::get_shared(b"pool-retired-b").is_none());
         drop(plugin);
-        let (value, _) = super::super::abi::shared::get_shared(b"pool-retired").expect("on_delete ran");
+        let (value, _) = super::super::abi::shared::get_shared(b"pool-retired-b").expect("on_delete ran");
         assert_eq!(value, b"yes");
     }
 

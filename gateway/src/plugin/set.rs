@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use super::instance::{set_known_clusters, InstanceSettings};
-use super::pool::{self, BudgetPlan, LoadedPlugin};
+use super::pool::{self, LoadedPlugin};
 use crate::config::{ConfigErrors, PluginSet, RoutePlugins};
 use crate::metrics::PluginGauges;
 use crate::upstream::Cluster;
@@ -29,7 +29,6 @@ fn worker_count() -> usize {
 #[derive(Default, Clone)]
 pub struct LoadedPlugins {
     plugins: Vec<Arc<LoadedPlugin>>,
-    pub plan: Option<BudgetPlan>,
 }
 
 impl LoadedPlugins {
@@ -97,10 +96,7 @@ impl LoadedPlugins {
             plugins.push(Arc::new(loaded));
         }
         tracing::info!("plugin budget: {}", plan.explanation);
-        Ok(LoadedPlugins {
-            plugins,
-            plan: Some(plan),
-        })
+        Ok(LoadedPlugins { plugins })
     }
 
     /// The loaded plugins of a route, in run order.
@@ -110,10 +106,6 @@ impl LoadedPlugins {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
         self.plugins.iter()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
     }
 
     /// Instances and memory per plugin, for /metrics.
