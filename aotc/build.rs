@@ -1,7 +1,8 @@
 //! Builds WAMR 2.4.3's AOT compilation library (cmake/CMakeLists.txt, over the
 //! patched sources from `wamr-source`) against Debian's LLVM 19, links it into
-//! the `tollgate-aotc` binary only, and generates bindings over
-//! `aot_export.h` plus the few `wasm_export.h` calls the driver needs.
+//! the `tollgate-aotc` binary only, generates bindings over `aot_export.h`
+//! plus the few `wasm_export.h` calls the driver needs, and passes the AOT
+//! stamp from wamr-source to the crate.
 //!
 //! The libraries go to the binary through `rustc-link-arg-bins`, not
 //! `rustc-link-lib`: the latter would also reach this package's integration
@@ -20,6 +21,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TOLLGATE_LLVM_DIR");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let wamr = wamr_source::prepare(&out);
+    // The stamp every output carries, for src/stamp.rs (one definition, in wamr-source).
+    wamr_source::export_aot_stamp();
 
     let llvm = env::var_os("TOLLGATE_LLVM_DIR").map_or_else(|| PathBuf::from(DEFAULT_LLVM), PathBuf::from);
     let llvm_cmake = llvm.join("lib/cmake/llvm");

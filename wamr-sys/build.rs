@@ -11,7 +11,9 @@ use std::path::PathBuf;
 /// (CMake variable, value). SIMD stays off: WAMR's CMake would download SIMDe.
 /// Hardware bound checks are off so an instance reserves only its own memory
 /// and threads need no signal environment; AOT files must then be compiled
-/// with software bounds checks.
+/// with software bounds checks. Custom sections are kept (as pointers into
+/// the loader's buffer) so `wasm_runtime_get_custom_section` can read the
+/// stamp tollgate-aotc writes into every AOT file.
 const CMAKE_DEFINES: &[(&str, &str)] = &[
     ("CMAKE_POSITION_INDEPENDENT_CODE", "ON"),
     ("WAMR_BUILD_AOT", "1"),
@@ -24,12 +26,15 @@ const CMAKE_DEFINES: &[(&str, &str)] = &[
     ("WAMR_BUILD_BULK_MEMORY", "1"),
     ("WAMR_BUILD_REF_TYPES", "1"),
     ("WAMR_DISABLE_HW_BOUND_CHECK", "1"),
+    ("WAMR_BUILD_LOAD_CUSTOM_SECTION", "1"),
 ];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let wamr = wamr_source::prepare(&out);
+    // The stamp AOT files must carry, for src/lib.rs (one definition, in wamr-source).
+    wamr_source::export_aot_stamp();
 
     let mut config = cmake::Config::new(&wamr);
     config.profile("Release");

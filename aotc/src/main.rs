@@ -1,11 +1,14 @@
 //! `tollgate-aotc`: compiles a WebAssembly module (a proxy-wasm plugin) to a
 //! WAMR 2.4.3 AOT file the gateway's runtime loads. The command line and file
 //! handling live here; the compiler itself is behind `wamr::compile`, the
-//! crate's only unsafe code. Its own process because the compiler's WAMR build
-//! and the runtime's share symbol names with different settings.
+//! crate's only unsafe code, which also stamps every output (`stamp`: what
+//! the gateway checks before it runs an AOT file). Its own process because
+//! the compiler's WAMR build and the runtime's share symbol names with
+//! different settings.
 
 #![deny(unsafe_code)]
 
+mod stamp;
 #[allow(unsafe_code)]
 mod wamr;
 
@@ -18,7 +21,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 
 /// Compile a WebAssembly module to a WAMR AOT file for x86_64 Linux, with
-/// software bounds checks and terminable loops always on.
+/// software bounds checks and terminable loops always on, stamped for the
+/// Tollgate gateway of the same tree.
 #[derive(Parser)]
 #[command(name = "tollgate-aotc", version)]
 struct Cli {

@@ -2,8 +2,9 @@
 //! module, and the runtime the gateway uses (wamr-sys) loads and runs the
 //! result: calls, software bounds checks, a spinning loop stopped by
 //! `wasm_runtime_terminate` from another thread (the suspend-check patch),
-//! and refusal of an AOT file whose format version was altered. This test
-//! binary links only the runtime; the compiler runs as its own process.
+//! the stamp the gateway requires, and refusal of an AOT file whose format
+//! version was altered. This test binary links only the runtime; the
+//! compiler runs as its own process.
 
 use std::ffi::{c_char, CStr};
 use std::io::Write as _;
@@ -301,6 +302,26 @@ fn aot_file_with_another_format_version_is_refused() {
         assert!(err.contains("unknown binary version"), "{err}");
     }
     assert!(Module::load(aot).is_ok(), "the unaltered file loads");
+}
+
+/// What the gateway checks: the runtime finds the stamp section in the AOT
+/// file, holding exactly the stamp wamr-sys expects.
+#[test]
+fn aot_file_carries_the_stamp_the_runtime_expects() {
+    let aot = compile("stamp", MODULE);
+    let _turn = runtime();
+    let module = Module::load(aot).unwrap();
+    let name = std::ffi::CString::new(AOT_STAMP_SECTION).unwrap();
+    let mut len = 0u32;
+    // SAFETY: the module is loaded; the content points into its buffer and is copied at once.
+    let content = unsafe { wasm_runtime_get_custom_section(module.raw, name.as_ptr(), &mut len) };
+    assert!(!content.is_null(), "no {AOT_STAMP_SECTION} section in the AOT file");
+    let content = unsafe { std::slice::from_raw_parts(content, len as usize) }.to_vec();
+    assert_eq!(String::from_utf8_lossy(&content), AOT_STAMP);
+    assert!(
+        AOT_STAMP.starts_with(&format!("tollgate-aotc WAMR {WAMR_VERSION} ")),
+        "{AOT_STAMP}"
+    );
 }
 
 #[test]

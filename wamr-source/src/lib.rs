@@ -8,6 +8,11 @@
 //! applied to that copy by exact text replacement, which fails the build when
 //! the expected lines are not there exactly once.
 //!
+//! It also defines the AOT stamp ([`aot_stamp`]): the text tollgate-aotc
+//! writes into every AOT file and the gateway requires, derived from the WAMR
+//! release and the patches here, and passed to both crates by their build
+//! scripts ([`export_aot_stamp`]).
+//!
 //! The WAMR sources are licensed Apache-2.0 WITH LLVM-exception; their
 //! `LICENSE` file travels with every copy.
 
@@ -27,6 +32,59 @@ pub const PATCHES: &[(&str, &str)] = &[(
     "0001-suspend-checks-without-shared-memory.patch",
     include_str!("../patches/0001-suspend-checks-without-shared-memory.patch"),
 )];
+
+/// The wasm custom section that carries the AOT stamp: tollgate-aotc adds it
+/// to the module it compiles and has WAMR keep it in the AOT file (a raw AOT
+/// custom section, which any WAMR AOT loader skips or keeps by name).
+pub const AOT_STAMP_SECTION: &str = "tollgate-aot-stamp";
+
+/// The checks tollgate-aotc compiles into every AOT file and the runtime
+/// relies on, as the stamp names them: software bounds checks, native stack
+/// bounds checks, auxiliary stack checks, and suspend checks (the patch plus
+/// `enable_thread_mgr`). tollgate-aotc's unit tests tie this to the options it
+/// sets; change both together.
+pub const AOT_CHECKS: &str = "bounds,stack-bounds,aux-stack,suspend";
+
+/// The stamp every AOT file from tollgate-aotc carries and the gateway
+/// requires: the WAMR release, a hash of the project's patch set and the
+/// checks. An AOT file from another WAMR with the same AOT format version,
+/// from an unpatched compiler, or without the checks lacks this exact text.
+/// One line of ASCII (build scripts pass it on through `rustc-env`).
+pub fn aot_stamp() -> String {
+    aot_stamp_for(PATCHES)
+}
+
+fn aot_stamp_for(patches: &[(&str, &str)]) -> String {
+    format!(
+        "tollgate-aotc WAMR {WAMR_VERSION} patches:{:016x} checks:{AOT_CHECKS}",
+        patch_set_hash(patches)
+    )
+}
+
+/// FNV-1a (64-bit) over every patch's name and text, in order: stable across
+/// builds and platforms, and any edit to a patch changes it.
+fn patch_set_hash(patches: &[(&str, &str)]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, text) in patches {
+        for byte in name.bytes().chain([b'\n']).chain(text.bytes()).chain([b'\n']) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// For build scripts: makes the stamp, its section name and the WAMR release
+/// compile-time environment variables of the calling crate
+/// (`env!("TOLLGATE_AOT_STAMP")`, `TOLLGATE_AOT_STAMP_SECTION`,
+/// `TOLLGATE_WAMR_VERSION`), so tollgate-aotc (which writes the stamp) and
+/// wamr-sys (whose users check it) take it from this one definition without
+/// linking this crate.
+pub fn export_aot_stamp() {
+    println!("cargo:rustc-env=TOLLGATE_AOT_STAMP={}", aot_stamp());
+    println!("cargo:rustc-env=TOLLGATE_AOT_STAMP_SECTION={AOT_STAMP_SECTION}");
+    println!("cargo:rustc-env=TOLLGATE_WAMR_VERSION={WAMR_VERSION}");
+}
 
 /// Makes `out_dir/wasm-micro-runtime` a patched copy of WAMR's sources and
 /// returns its path. A finished copy is reused while the stamp beside it
@@ -279,6 +337,26 @@ mod tests {
         let short = PATCH.replace("@@ -2,4 +2,3 @@", "@@ -2,5 +2,3 @@");
         let err = parse_patch(&short).unwrap_err();
         assert!(err.contains("ends early") || err.contains("does not fit"), "{err}");
+    }
+
+    #[test]
+    fn aot_stamp_names_the_release_and_checks_and_follows_every_patch() {
+        let stamp = aot_stamp();
+        assert!(stamp.starts_with("tollgate-aotc WAMR 2.4.3 patches:"), "{stamp}");
+        assert!(
+            stamp.ends_with(" checks:bounds,stack-bounds,aux-stack,suspend"),
+            "{stamp}"
+        );
+        assert!(
+            stamp.is_ascii() && !stamp.contains(['\n', '\r', '\0']),
+            "one line: {stamp}"
+        );
+        assert_eq!(stamp, aot_stamp(), "deterministic");
+        let (name, text) = PATCHES[0];
+        let edited = text.replacen("Tollgate", "Tollgatf", 1);
+        assert_ne!(aot_stamp_for(&[(name, &edited)]), stamp, "an edited patch");
+        assert_ne!(aot_stamp_for(&[]), stamp, "no patches");
+        assert_ne!(aot_stamp_for(&[(name, text), (name, text)]), stamp, "an added patch");
     }
 
     /// The shipped patches apply to the pinned sources, and the suspend-check

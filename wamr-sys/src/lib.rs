@@ -21,6 +21,21 @@
 //!   treat the instance as poisoned.
 //! - Objects are destroyed in reverse order of creation: exec env, instance,
 //!   module, and each exactly once.
+//! - Custom sections are kept: `wasm_runtime_get_custom_section` returns a
+//!   pointer into the module's load buffer, valid while the module is loaded.
+
+/// The WAMR release this runtime is built from.
+pub const WAMR_VERSION: &str = env!("TOLLGATE_WAMR_VERSION");
+
+/// The stamp every AOT file from the tollgate-aotc of this tree carries (WAMR
+/// release, the project's patch set, the compiled-in checks; defined in
+/// wamr-source). Loaders must refuse an AOT file whose custom section
+/// [`AOT_STAMP_SECTION`] does not hold exactly these bytes: the AOT loader
+/// itself checks only the format version, target and features.
+pub const AOT_STAMP: &str = env!("TOLLGATE_AOT_STAMP");
+
+/// The custom section name that holds [`AOT_STAMP`].
+pub const AOT_STAMP_SECTION: &str = env!("TOLLGATE_AOT_STAMP_SECTION");
 
 /// The bindgen output over `wasm_export.h`, names kept as in C.
 mod bindings {
