@@ -600,7 +600,8 @@ fn aotc() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn aot_module(wat: &str, name: &str) -> Option<Arc<PluginModule>> {
+/// The AOT file `tollgate-aotc` makes of `wat`, when it has been built.
+fn aot_bytes(wat: &str, name: &str) -> Option<Vec<u8>> {
     let Some(aotc) = aotc() else {
         eprintln!("tollgate-aotc not built: skipping the AOT half of this test");
         return None;
@@ -612,10 +613,57 @@ fn aot_module(wat: &str, name: &str) -> Option<Arc<PluginModule>> {
     std::fs::write(&input, wat::parse_str(wat).unwrap()).unwrap();
     let status = Command::new(aotc).arg("-o").arg(&output).arg(&input).status().unwrap();
     assert!(status.success(), "tollgate-aotc failed");
-    let module = PluginModule::load(std::fs::read(&output).unwrap()).expect("AOT module loads");
+    let bytes = std::fs::read(&output).unwrap();
     std::fs::remove_dir_all(&dir).ok();
+    Some(bytes)
+}
+
+fn aot_module(wat: &str, name: &str) -> Option<Arc<PluginModule>> {
+    let module = PluginModule::load(aot_bytes(wat, name)?).expect("AOT module loads");
     assert!(module.is_aot());
     Some(Arc::new(module))
+}
+
+/// `bytes` with the one occurrence of `from` replaced by `to` (same length).
+fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at: Vec<usize> = (0..=bytes.len() - from.len())
+        .filter(|&i| &bytes[i..i + from.len()] == from)
+        .collect();
+    assert_eq!(at.len(), 1, "{:?} occurs once", String::from_utf8_lossy(from));
+    let mut out = bytes.to_vec();
+    out[at[0]..at[0] + to.len()].copy_from_slice(to);
+    out
+}
+
+/// An AOT file of the right format version but not stamped by this tree's
+/// tollgate-aotc (another WAMR release, another patch set or other checks
+/// give another stamp; a foreign compiler none) is refused, naming both stamps.
+#[test]
+fn aot_file_without_this_trees_stamp_is_refused() {
+    let Some(aot) = aot_bytes(MODULE, "stamp") else {
+        return;
+    };
+    let (stamp, section) = (wamr_sys::AOT_STAMP, wamr_sys::AOT_STAMP_SECTION);
+    PluginModule::load(aot.clone()).expect("the stamped file loads");
+    let refusal = "AOT file not built by tollgate-aotc for WAMR 2.4.3 with Tollgate's options (";
+    let expects = format!("this gateway expects stamp {stamp:?}): recompile it with tollgate-aotc");
+
+    let release = wamr_sys::WAMR_VERSION.replace(|c: char| c.is_ascii_digit(), "9");
+    let foreign = stamp.replace(wamr_sys::WAMR_VERSION, &release);
+    assert_ne!(foreign, stamp);
+    let e = PluginModule::load(replaced(&aot, stamp.as_bytes(), foreign.as_bytes())).unwrap_err();
+    assert!(e.starts_with(refusal), "{e}");
+    assert!(e.contains(&format!("its stamp is {foreign:?}, {expects}")), "{e}");
+
+    let unpatched = replaced(stamp.as_bytes(), b"patches:", b"patches-");
+    let e = PluginModule::load(replaced(&aot, stamp.as_bytes(), &unpatched)).unwrap_err();
+    assert!(e.contains("its stamp is \"tollgate-aotc WAMR 2.4.3 patches-"), "{e}");
+
+    let mut renamed = section.as_bytes().to_vec();
+    *renamed.last_mut().unwrap() ^= 0x20;
+    let e = PluginModule::load(replaced(&aot, section.as_bytes(), &renamed)).unwrap_err();
+    assert_eq!(e, format!("{refusal}it has no stamp, {expects}"));
 }
 
 #[test]

@@ -222,7 +222,8 @@ impl PluginModule {
             if got != want {
                 return Err(format!(
                     "AOT file built for WAMR AOT format version {got}, this runtime loads version {want} \
-                     (WAMR 2.4.3): recompile it with tollgate-aotc"
+                     (WAMR {}): recompile it with tollgate-aotc",
+                    sys::WAMR_VERSION
                 ));
             }
         }
@@ -245,6 +246,10 @@ impl PluginModule {
             instantiate_lock: Mutex::new(()),
             _bytes: bytes,
         };
+        if aot {
+            // Before anything else reads the module; dropping it unloads it.
+            module.check_aot_stamp()?;
+        }
         module.exports = module.read_exports();
         module.abi = abi::check_exports(&module.exports)?;
         module.unlinked = module.read_unlinked_imports();
@@ -256,6 +261,42 @@ impl PluginModule {
             );
         }
         Ok(module)
+    }
+
+    /// Refuses an AOT file without the stamp of this tree's tollgate-aotc. The
+    /// AOT loader checks only the format version, target and features, so a
+    /// file from another WAMR release with the same format version, from an
+    /// unpatched compiler (no suspend checks: a runaway loop could not be
+    /// stopped) or without bounds checks (this runtime has no hardware bound
+    /// checks: out-of-bounds access would read host memory) would load.
+    fn check_aot_stamp(&self) -> Result<(), String> {
+        /// Enough of a foreign stamp to recognise it; a section can be large.
+        const SHOWN: usize = 200;
+        let name = CString::new(sys::AOT_STAMP_SECTION).expect("the section name has no NUL");
+        let mut len = 0u32;
+        // SAFETY (invariant 3): `raw` is loaded; a non-null result points at
+        // `len` bytes inside the module's buffer, read here while it is alive.
+        let found = unsafe {
+            let content = sys::wasm_runtime_get_custom_section(self.raw, name.as_ptr(), &mut len);
+            (!content.is_null()).then(|| std::slice::from_raw_parts(content, len as usize))
+        };
+        if found == Some(sys::AOT_STAMP.as_bytes()) {
+            return Ok(());
+        }
+        let found = match found {
+            None => "it has no stamp".to_string(),
+            Some(stamp) => {
+                let text = String::from_utf8_lossy(&stamp[..stamp.len().min(SHOWN)]);
+                let more = if stamp.len() > SHOWN { "..." } else { "" };
+                format!("its stamp is {text:?}{more}")
+            }
+        };
+        Err(format!(
+            "AOT file not built by tollgate-aotc for WAMR {} with Tollgate's options ({found}, this gateway \
+             expects stamp {:?}): recompile it with tollgate-aotc",
+            sys::WAMR_VERSION,
+            sys::AOT_STAMP
+        ))
     }
 
     /// `module.name` of every function import WAMR could not link.
