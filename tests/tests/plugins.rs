@@ -403,6 +403,49 @@ fn bad_modules_and_rejected_configs_are_refused() {
     std::fs::write(&stale, aot).unwrap();
     assert_refused(&one("stale", &stale.display().to_string(), "{}"), "stale", "version");
 
+    // AOT files of the right format version that this tree's tollgate-aotc did
+    // not stamp: one from another WAMR release (its stamp says so) and one
+    // from a compiler that writes no stamp (the section is not there).
+    /// `bytes` with the one occurrence of `from` replaced by `to` (same length).
+    fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let at: Vec<usize> = (0..=bytes.len() - from.len())
+            .filter(|&i| &bytes[i..i + from.len()] == from)
+            .collect();
+        assert_eq!(at.len(), 1, "{:?} occurs once", String::from_utf8_lossy(from));
+        let mut out = bytes.to_vec();
+        out[at[0]..at[0] + to.len()].copy_from_slice(to);
+        out
+    }
+    let aot = std::fs::read(plugin("header-rewrite", Mode::Aot)).unwrap();
+    let refusal = "AOT file not built by tollgate-aotc for WAMR 2.4.3 with Tollgate's options (";
+    let release = dir.path().join("release.aot");
+    std::fs::write(
+        &release,
+        replaced(&aot, b"tollgate-aotc WAMR 2.4.3 ", b"tollgate-aotc WAMR 2.4.2 "),
+    )
+    .unwrap();
+    let release = one("release", &release.display().to_string(), "{}");
+    assert_refused(&release, "release", refusal);
+    assert_refused(
+        &release,
+        "release",
+        r#"its stamp is "tollgate-aotc WAMR 2.4.2 patches:"#,
+    );
+    assert_refused(&release, "release", "recompile it with tollgate-aotc");
+    let unstamped = dir.path().join("unstamped.aot");
+    std::fs::write(
+        &unstamped,
+        replaced(&aot, b"tollgate-aot-stamp\0", b"tollgate-aot-stamq\0"),
+    )
+    .unwrap();
+    let unstamped = one("unstamped", &unstamped.display().to_string(), "{}");
+    assert_refused(
+        &unstamped,
+        "unstamped",
+        &format!("{refusal}it has no stamp, this gateway expects stamp"),
+    );
+
     // The plugin rejects its configuration in on_configure.
     let key_auth = module("key-auth", Mode::Aot);
     assert_refused(&one("auth", &key_auth, r#"{keys: []}"#), "auth", "configuration");
