@@ -271,8 +271,8 @@ async fn serve_request(
 fn start_plugins(ex: &Exchange<'_>, conn: &ClientConn, route: &Route) -> Option<StreamChain> {
     let plugins = ex.snapshot.plugin_config.route(&route.host_name, &route.name)?;
     let cluster_name = match &route.action {
-        RouteAction::Proxy(proxy) => proxy.cluster.name.to_string(),
-        RouteAction::Direct(_) | RouteAction::Redirect(_) => String::new(),
+        RouteAction::Proxy(proxy) => Arc::clone(&proxy.cluster.name),
+        RouteAction::Direct(_) | RouteAction::Redirect(_) => Arc::from(""),
     };
     let tls = match &conn.stream {
         ClientStream::Tls(stream) => {
@@ -298,9 +298,9 @@ fn start_plugins(ex: &Exchange<'_>, conn: &ClientConn, route: &Route) -> Option<
             scheme: ex.scheme,
             source: Some(conn.peer),
             destination: conn.local,
-            route_name: route.name.to_string(),
+            route_name: Arc::clone(&route.name),
             cluster_name,
-            host_name: route.host_name.to_string(),
+            host_name: Arc::clone(&route.host_name),
             tls,
             start_time: SystemTime::now(),
         },

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::abi::RedisSettings;
 use super::callout;
@@ -92,9 +91,8 @@ impl StreamChain {
                 held: [Vec::new(), Vec::new()],
             };
             if let Some(mut lease) = plugin.lease_for_new_stream(worker) {
-                let started = Instant::now();
                 let created = lease.instance().create_stream();
-                plugin.stats.call(worker, started.elapsed());
+                plugin.stats.call(worker, lease.instance().take_busy_time());
                 match created {
                     Ok(context) => {
                         entry.slot = lease.slot;
@@ -302,9 +300,8 @@ impl StreamChain {
             entry.active = false;
             return fail(entry, "lost its instance");
         };
-        let started = Instant::now();
         let result = callback(lease.instance(), entry.context, &mut self.data);
-        entry.plugin.stats.call(self.worker, started.elapsed());
+        entry.plugin.stats.call(self.worker, lease.instance().take_busy_time());
         match result {
             Ok(value) => Ok(Some(value)),
             Err(fault) => {

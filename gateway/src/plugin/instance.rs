@@ -113,10 +113,11 @@ pub struct StreamProperties {
     pub scheme: &'static str,
     pub source: Option<SocketAddr>,
     pub destination: Option<SocketAddr>,
-    pub route_name: String,
-    pub cluster_name: String,
+    /// Shared with the route and cluster: no copy per stream.
+    pub route_name: Arc<str>,
+    pub cluster_name: Arc<str>,
     /// Virtual host name.
-    pub host_name: String,
+    pub host_name: Arc<str>,
     pub tls: Option<TlsInfo>,
     pub start_time: SystemTime,
 }
@@ -129,9 +130,9 @@ impl Default for StreamProperties {
             scheme: "http",
             source: None,
             destination: None,
-            route_name: String::new(),
-            cluster_name: String::new(),
-            host_name: String::new(),
+            route_name: Arc::from(""),
+            cluster_name: Arc::from(""),
+            host_name: Arc::from(""),
             tls: None,
             start_time: SystemTime::UNIX_EPOCH,
         }
@@ -230,6 +231,8 @@ static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
 /// A started plugin instance. `Send`, not `Sync`: the pool wraps it in a lock.
 pub struct PluginInstance {
     vm: Instance,
+    /// Time inside wasm not yet reported by `take_busy_time`.
+    busy: Duration,
     callbacks: Vec<Option<Func>>,
     plugin_name: String,
     max_call_time: Duration,
@@ -275,6 +278,7 @@ impl PluginInstance {
         let callbacks = abi::CALLBACKS.iter().map(|c| vm.lookup(c.name)).collect();
         let mut instance = PluginInstance {
             vm,
+            busy: Duration::ZERO,
             callbacks,
             plugin_name: settings.plugin_name.clone(),
             // Start-up (module init, parsing the configuration) runs off the
@@ -439,6 +443,12 @@ impl PluginInstance {
         self.invoke(cb::DELETE, &[root]).map(|_| ())
     }
 
+    /// Time spent inside wasm since the last call of this method, for the
+    /// plugin's metrics (read from the watchdog's clock, no clock read of its own).
+    pub fn take_busy_time(&mut self) -> Duration {
+        std::mem::take(&mut self.busy)
+    }
+
     pub fn finish_stream(&mut self, ctx: u32, s: &mut StreamData) -> Result<(), Fault> {
         let result = self.with_stream(ctx, s, |this| {
             this.invoke(cb::DONE, &[ctx])?;
@@ -575,7 +585,8 @@ impl PluginInstance {
         }
         let guard = watchdog::register(self.vm.terminate_handle(), self.max_call_time);
         let result = self.vm.call(func, args);
-        let overran = guard.finish();
+        let (overran, elapsed) = guard.finish();
+        self.busy += elapsed;
         let fault = match result {
             Ok(value) if !overran => return Ok(value),
             _ if overran => Fault {

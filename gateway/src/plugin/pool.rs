@@ -354,9 +354,8 @@ impl LoadedPlugin {
                 continue;
             }
             *next_tick = Some(now + period);
-            let started = Instant::now();
             let result = instance.on_tick();
-            self.stats.call(usize::MAX, started.elapsed());
+            self.stats.call(usize::MAX, lease.instance().take_busy_time());
             self.finish_root_call(lease, result, &mut dispatched);
         }
         dispatched
@@ -384,9 +383,8 @@ impl LoadedPlugin {
             if lease.instance().id() != instance_id {
                 continue;
             }
-            let started = Instant::now();
             let result = lease.instance().on_queue_ready(queue_id);
-            self.stats.call(usize::MAX, started.elapsed());
+            self.stats.call(usize::MAX, lease.instance().take_busy_time());
             self.finish_root_call(lease, result, dispatched);
             return true;
         }
@@ -405,9 +403,8 @@ impl LoadedPlugin {
         let Some(mut lease) = self.lease(slot, Some(generation)) else {
             return;
         };
-        let started = Instant::now();
         let result = answer(lease.instance());
-        self.stats.call(usize::MAX, started.elapsed());
+        self.stats.call(usize::MAX, lease.instance().take_busy_time());
         self.finish_root_call(lease, result, dispatched);
     }
 

@@ -76,6 +76,7 @@ fn watchdog() -> &'static Watchdog {
 /// unregisters too, so an instance can never be destroyed while registered.
 pub(super) struct Guard {
     slot: usize,
+    started: Instant,
 }
 
 impl Drop for Guard {
@@ -113,17 +114,18 @@ pub(super) fn register(handle: TerminateHandle, limit: Duration) -> Guard {
         table.planned_wake = Some(deadline);
         dog.wake.notify_one();
     }
-    Guard { slot }
+    Guard { slot, started: now }
 }
 
 impl Guard {
-    /// Unregisters the call; true when the watchdog terminated it (the call
-    /// overran, whatever it returned).
-    pub(super) fn finish(self) -> bool {
+    /// Unregisters the call; returns whether the watchdog terminated it
+    /// (the call overran, whatever it returned) and how long it ran.
+    pub(super) fn finish(self) -> (bool, Duration) {
+        let elapsed = self.started.elapsed();
         let fired = release(self.slot);
         // Released above, under the same lock that read the state.
         std::mem::forget(self);
-        fired
+        (fired, elapsed)
     }
 }
 

@@ -96,9 +96,9 @@ fn stream_attribute(s: &StreamData, path: &str) -> Option<Vec<u8>> {
         "connection.tls_version" => tls?.version.clone().into_bytes(),
         "connection.cipher" => tls?.cipher.clone().into_bytes(),
         "connection.subject_peer_certificate" => tls?.peer_subject.clone()?.into_bytes(),
-        "route_name" | "xds.route_name" => p.route_name.clone().into_bytes(),
-        "cluster_name" | "xds.cluster_name" => p.cluster_name.clone().into_bytes(),
-        "xds.virtual_host_name" => p.host_name.clone().into_bytes(),
+        "route_name" | "xds.route_name" => p.route_name.as_bytes().to_vec(),
+        "cluster_name" | "xds.cluster_name" => p.cluster_name.as_bytes().to_vec(),
+        "xds.virtual_host_name" => p.host_name.as_bytes().to_vec(),
         _ => return None,
     })
 }
