@@ -16,9 +16,13 @@ use super::callout;
 use super::pool::{LoadedPlugin, RootCalls};
 use crate::config::Snapshot;
 
-/// How often the thread looks for due ticks, recreations and queue data.
-/// Tick periods are whole milliseconds; 10 ms keeps their jitter small.
-const SWEEP: Duration = Duration::from_millis(10);
+/// Shortest pause between sweeps, however soon the next tick is due.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
+/// Longest pause: how late shared-queue data may be noticed, and how soon a
+/// new config's plugins are first looked at. The thread otherwise sleeps
+/// until the next tick or recreation is due, so it rarely preempts a worker
+/// sharing its CPU.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// Starts the thread; it runs for the life of the process.
 pub fn spawn(live: Arc<ArcSwap<Snapshot>>) -> std::io::Result<()> {
@@ -42,6 +46,7 @@ async fn run(live: Arc<ArcSwap<Snapshot>>) {
         let now = Instant::now();
         let mut dispatched: Vec<(Arc<LoadedPlugin>, RootCalls)> = Vec::new();
         let mut current = HashSet::new();
+        let mut wake = now + MAX_PAUSE;
         for plugin in snapshot.plugins.iter() {
             let key = Arc::as_ptr(plugin) as usize;
             current.insert(key);
@@ -53,8 +58,12 @@ async fn run(live: Arc<ArcSwap<Snapshot>>) {
             for calls in plugin.recreate_due() {
                 dispatched.push((Arc::clone(plugin), calls));
             }
-            for calls in plugin.run_due_ticks(now) {
+            let (ticked, next_tick) = plugin.run_due_ticks(now);
+            for calls in ticked {
                 dispatched.push((Arc::clone(plugin), calls));
+            }
+            for due in next_tick.into_iter().chain(plugin.next_recreation()) {
+                wake = wake.min(due);
             }
         }
         seen.retain(|key| current.contains(key));
@@ -71,7 +80,8 @@ async fn run(live: Arc<ArcSwap<Snapshot>>) {
             let snapshot = Arc::clone(&snapshot);
             monoio::spawn(perform_root_calls(snapshot, plugin, calls));
         }
-        monoio::time::sleep(SWEEP).await;
+        let pause = wake.saturating_duration_since(Instant::now()).max(MIN_PAUSE);
+        monoio::time::sleep(pause).await;
     }
 }
 

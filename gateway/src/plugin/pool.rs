@@ -331,10 +331,11 @@ impl LoadedPlugin {
     }
 
     /// Calls `on_tick` on every ready instance whose tick period has come
-    /// round, and returns the root-context calls the ticks dispatched, with
-    /// the slot and generation to answer them on.
-    pub(super) fn run_due_ticks(&self, now: Instant) -> Vec<RootCalls> {
+    /// round. Returns the root-context calls the ticks dispatched (with the
+    /// slot and generation to answer them on) and when the next tick is due.
+    pub(super) fn run_due_ticks(&self, now: Instant) -> (Vec<RootCalls>, Option<Instant>) {
         let mut dispatched = Vec::new();
+        let mut next_due: Option<Instant> = None;
         for slot in 0..self.slots.len() {
             let Some(mut lease) = self.lease(slot, None) else {
                 continue;
@@ -351,14 +352,27 @@ impl LoadedPlugin {
             };
             let due = *next_tick.get_or_insert(now + period);
             if due > now {
+                next_due = Some(next_due.map_or(due, |next| next.min(due)));
                 continue;
             }
             *next_tick = Some(now + period);
+            next_due = Some(next_due.map_or(now + period, |next| next.min(now + period)));
             let result = instance.on_tick();
             self.stats.call(usize::MAX, lease.instance().take_busy_time());
             self.finish_root_call(lease, result, &mut dispatched);
         }
-        dispatched
+        (dispatched, next_due)
+    }
+
+    /// When the earliest down slot may be recreated.
+    pub(super) fn next_recreation(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match &*lock(&slot.state) {
+                SlotState::Down { retry_at, .. } => Some(*retry_at),
+                SlotState::Ready { .. } => None,
+            })
+            .min()
     }
 
     /// Calls root contexts dispatched while starting (in `on_vm_start` or
