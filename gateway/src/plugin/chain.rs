@@ -192,8 +192,14 @@ impl StreamChain {
             if !self.entries[index].active {
                 continue;
             }
-            let mut buffer = std::mem::take(&mut self.entries[index].held[side]);
-            buffer.extend_from_slice(&passing);
+            let held = std::mem::take(&mut self.entries[index].held[side]);
+            let buffer = if held.is_empty() {
+                passing
+            } else {
+                let mut held = held;
+                held.extend_from_slice(&passing);
+                held
+            };
             if buffer.len() as u64 > self.max_buffered {
                 return Err(Verdict::Fail {
                     status: if direction == Direction::Request { 413 } else { 502 },

@@ -130,13 +130,22 @@ impl Default for StreamProperties {
             scheme: "http",
             source: None,
             destination: None,
-            route_name: Arc::from(""),
-            cluster_name: Arc::from(""),
-            host_name: Arc::from(""),
+            route_name: empty_name(),
+            cluster_name: empty_name(),
+            host_name: empty_name(),
             tls: None,
             start_time: SystemTime::UNIX_EPOCH,
         }
     }
+}
+
+/// An empty name without an allocation: a stream's data is moved out and
+/// back for every callback, leaving a default in its place each time.
+fn empty_name() -> Arc<str> {
+    thread_local! {
+        static EMPTY: Arc<str> = Arc::from("");
+    }
+    EMPTY.with(Arc::clone)
 }
 
 #[derive(Default, Clone, Debug)]
