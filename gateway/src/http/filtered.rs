@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 
 use super::codec::{BodyFraming, ResponseHead};
 use super::forward::{
-    self, definite_upstream, is_hop_by_hop, read_more_body, request_write_failure, write_request_head, Failure,
-    FilteredBody, Forwarded, RequestBody,
+    self, definite_upstream, finish_response_head, is_hop_by_hop, read_more_body, request_write_failure,
+    write_request_head, Failure, FilteredBody, Forwarded, RequestBody,
 };
 use super::io::{read_more, write_all};
 use super::proxy::{answer, answer_error, ClientConn, Exchange};
@@ -713,20 +713,5 @@ fn write_filtered_head(ex: &Exchange<'_>, conn: &mut ClientConn, status: u16, fr
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::None | ClientFraming::UntilClose => {}
     }
-    if !has_date {
-        let _ = write!(
-            out,
-            "Date: {}\r\n",
-            httpdate::fmt_http_date(std::time::SystemTime::now())
-        );
-    }
-    if let Some(hsts) = ex.hsts.filter(|_| !has_hsts) {
-        let _ = write!(out, "Strict-Transport-Security: {hsts}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    } else if ex.head.minor_version == 0 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    finish_response_head(out, ex, has_date, has_hsts, close, false);
 }

@@ -733,6 +733,20 @@ fn write_response_head(ex: &Exchange<'_>, conn: &mut ClientConn, response: &Resp
         out.extend_from_slice(header.value(raw));
         out.extend_from_slice(b"\r\n");
     }
+    finish_response_head(out, ex, has_date, has_hsts, close, upgrade);
+}
+
+/// Ends a response head for the client: Date when the upstream sent none,
+/// the host's HSTS unless the upstream set its own, the connection header,
+/// the blank line.
+pub(super) fn finish_response_head(
+    out: &mut Vec<u8>,
+    ex: &Exchange<'_>,
+    has_date: bool,
+    has_hsts: bool,
+    close: bool,
+    upgrade: bool,
+) {
     // RFC 9110 §6.6.1: a response forwarded without Date gets the time it arrived.
     if !has_date {
         let _ = write!(
