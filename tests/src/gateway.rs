@@ -9,6 +9,10 @@
 //! (`"127.0.0.1:${http}"`).
 //! When the YAML has no top-level `admin:` key the harness adds one on a free
 //! port, so parallel tests never share the default 9901.
+//!
+//! With `GatewayOptions::netns` the gateway runs inside that network namespace
+//! (`nsenter --net`, outside any wrapper) and every connection the harness
+//! makes to it (readiness, admin, metrics) is made from inside it too.
 
 use std::collections::HashMap;
 use std::fs;
@@ -18,6 +22,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::{self, request};
+use crate::netns::Netns;
 use crate::ports::free_port;
 
 /// How long `start` waits for the gateway to become ready.
@@ -30,6 +35,9 @@ pub struct GatewayOptions {
     pub wrapper: Vec<String>,
     /// A `cgroup.procs` file the process joins before it execs the gateway.
     pub cgroup_procs: Option<PathBuf>,
+    /// The network namespace to run in (its listeners and admin address are
+    /// addresses of that namespace).
+    pub netns: Option<Netns>,
 }
 
 /// A running gateway process; killed when dropped.
@@ -41,6 +49,7 @@ pub struct Gateway {
     ports: HashMap<String, u16>,
     listeners: HashMap<String, SocketAddr>,
     admin: SocketAddr,
+    netns: Option<Netns>,
 }
 
 /// `<target>/debug/tollgate`, found from this test binary's own path
@@ -144,7 +153,9 @@ impl Gateway {
         write_atomically(&config_path, &text);
         let stdout = fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
         let stderr = fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
-        let mut words: Vec<String> = opts.wrapper.clone();
+        // nsenter goes first: a wrapper may drop the capabilities setns needs.
+        let mut words: Vec<String> = opts.netns.as_ref().map(Netns::nsenter_words).unwrap_or_default();
+        words.extend(opts.wrapper.iter().cloned());
         words.push(bin.display().to_string());
         words.extend([
             "run".to_string(),
@@ -187,6 +198,16 @@ impl Gateway {
             ports,
             listeners,
             admin,
+            netns: opts.netns.clone(),
+        }
+    }
+
+    /// Runs `f` where the gateway's addresses are reachable: inside its
+    /// network namespace, or right here.
+    fn in_ns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.netns {
+            Some(ns) => ns.run(f),
+            None => f(),
         }
     }
 
@@ -196,10 +217,11 @@ impl Gateway {
             if let Some(status) = self.try_exit() {
                 panic!("tollgate exited during start-up ({status}); stderr:\n{}", self.stderr());
             }
-            let listening = self
-                .listeners
-                .values()
-                .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+            let listening = self.in_ns(|| {
+                self.listeners
+                    .values()
+                    .all(|a| TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok())
+            });
             if listening && self.try_admin_get("/readyz").is_some_and(|(s, _)| s == 200) {
                 return;
             }
@@ -235,6 +257,11 @@ impl Gateway {
         self.admin
     }
 
+    /// The network namespace the gateway runs in, if not the test's own.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
     /// The port allocated for placeholder `{{port:NAME}}`.
     pub fn port(&self, name: &str) -> u16 {
         *self
@@ -245,8 +272,7 @@ impl Gateway {
 
     fn try_admin_get(&self, path: &str) -> Option<(u16, String)> {
         let req = request("GET", &self.admin.to_string(), path, &[("Connection", "close")], None);
-        client::raw_request(self.admin, &req)
-            .ok()
+        self.in_ns(|| client::raw_request(self.admin, &req).ok())
             .map(|r| (r.status, r.body_str()))
     }
 
@@ -377,10 +403,20 @@ impl Drop for Gateway {
 
 /// Runs `tollgate check` on `yaml`: (exit code, stdout + stderr).
 pub fn check(yaml: &str) -> (Option<i32>, String) {
+    check_in(None, yaml)
+}
+
+/// `check` run inside network namespace `netns` (where the interfaces the
+/// config names exist), or here when None.
+pub fn check_in(netns: Option<&Netns>, yaml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, yaml).expect("writing the config");
-    let out = Command::new(tollgate_bin())
+    let mut cmd = match netns {
+        Some(ns) => ns.command(tollgate_bin()),
+        None => Command::new(tollgate_bin()),
+    };
+    let out = cmd
         .arg("check")
         .arg("--config")
         .arg(&path)

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod client;
 pub mod gateway;
 pub mod metrics;
+pub mod netns;
 pub mod nginx;
 pub mod plugins;
 pub mod ports;
