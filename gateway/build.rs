@@ -33,6 +33,7 @@ fn main() -> anyhow::Result<()> {
         ("Plugin.vm_configuration", "plugin_bytes"),
         ("Plugin.fail_strategy", "fail_strategy"),
         ("Plugin.max_memory", "size"),
+        ("Ebpf.mode", "ebpf_mode"),
     ];
     for (field, helper) in custom_fields {
         config.field_attribute(

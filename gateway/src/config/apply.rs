@@ -36,6 +36,7 @@ pub struct Settings {
     pub admin: Option<proto::Admin>,
     pub access_log: Option<proto::AccessLog>,
     pub http: Option<proto::HttpOptions>,
+    pub ebpf: Option<proto::Ebpf>,
     /// The plugin budget (`vm_budget`, `vm_memory_budget`); its `plugins`
     /// list must be empty: plugins change through `upsert_plugins`.
     pub plugins: Option<proto::Plugins>,
@@ -98,6 +99,7 @@ impl Snapshot {
             source.admin = settings.admin;
             source.access_log = settings.access_log;
             source.http = settings.http;
+            source.ebpf = settings.ebpf;
             let budget = settings.plugins.unwrap_or_default();
             if !budget.plugins.is_empty() {
                 errors.add(
@@ -144,19 +146,21 @@ impl Snapshot {
                 None => source.listeners.push(listener),
             }
         }
-        let (runtime, admin_address, access_log, http, listeners) = if settings_touched {
+        let (runtime, admin_address, access_log, http, ebpf, listeners) = if settings_touched {
             let runtime = settings::runtime(&mut errors, source.runtime.as_ref());
             let admin_address = settings::admin_address(&mut errors, source.admin.as_ref());
             let access_log = settings::access_log(source.access_log.as_ref());
             let http = settings::http(&mut errors, source.http.as_ref());
+            let ebpf = super::ebpf::ebpf(&mut errors, source.ebpf.as_ref());
             let listeners = settings::listeners(&mut errors, &source.listeners, admin_address);
-            (runtime, admin_address, access_log, http, listeners)
+            (runtime, admin_address, access_log, http, ebpf, listeners)
         } else {
             (
                 self.runtime.clone(),
                 self.admin_address,
                 self.access_log.clone(),
                 self.http.clone(),
+                self.ebpf.clone(),
                 self.listeners.clone(),
             )
         };
@@ -512,6 +516,7 @@ impl Snapshot {
             admin_address,
             access_log,
             http,
+            ebpf,
             listeners,
             router,
             clusters: Clusters::new(clusters),
@@ -550,12 +555,23 @@ impl Snapshot {
             admin: config.admin.clone(),
             access_log: config.access_log.clone(),
             http: config.http.clone(),
+            ebpf: config.ebpf.clone(),
             plugins: plugin_budget(config.plugins.as_ref()),
         };
         let current = &self.source;
-        if (&settings.runtime, &settings.admin, &settings.access_log, &settings.http)
-            != (&current.runtime, &current.admin, &current.access_log, &current.http)
-            || settings.plugins != plugin_budget(Some(&current.plugins))
+        if (
+            &settings.runtime,
+            &settings.admin,
+            &settings.access_log,
+            &settings.http,
+            &settings.ebpf,
+        ) != (
+            &current.runtime,
+            &current.admin,
+            &current.access_log,
+            &current.http,
+            &current.ebpf,
+        ) || settings.plugins != plugin_budget(Some(&current.plugins))
         {
             changes.settings = Some(settings);
         }

@@ -65,3 +65,9 @@ pub const PLUGIN_VM_MEMORY_BUDGET: u64 = 1024 * 1024 * 1024;
 pub const PLUGIN_MAX_MEMORY: u64 = 32 * 1024 * 1024;
 pub const PLUGIN_MAX_CALL_TIME: Duration = Duration::from_millis(100);
 pub const PLUGIN_ENABLED: bool = true;
+
+/// eBPF: where the pinned maps live, how many sources the guard tracks, and
+/// whether steering is on unless the config says otherwise.
+pub const EBPF_PIN_PATH: &str = "/sys/fs/bpf/tollgate";
+pub const EBPF_TRACKED_SOURCES: u32 = tollgate_ebpf_common::DEFAULT_TRACKED_SOURCES;
+pub const EBPF_STEERING: bool = true;

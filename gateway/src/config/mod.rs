@@ -13,6 +13,7 @@ mod apply;
 #[cfg(test)]
 mod apply_tests;
 pub mod defaults;
+mod ebpf;
 mod error;
 mod plugins;
 pub mod proto;
@@ -27,6 +28,7 @@ mod validate;
 use std::path::Path;
 
 pub use apply::{ChangeSet, Settings};
+pub use ebpf::{Cidr, EbpfMode, EbpfRateLimits, EbpfSettings, MAX_TRACKED_SOURCES};
 pub use error::{ConfigErrors, FieldError};
 pub use plugins::{
     format_size, FailStrategy, MatchRule, ModuleKind, PluginBudget, PluginSet, PluginSettings, RoutePlugins,

@@ -14,7 +14,7 @@ pub(crate) mod de {
     use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
 
-    use super::{Endpoint, FailStrategy, IoDriver, LbPolicy, UnknownSni};
+    use super::{EbpfMode, Endpoint, FailStrategy, IoDriver, LbPolicy, UnknownSni};
 
     /// `workers: auto` or `workers: 4`; kept as a string, checked by validation.
     pub fn workers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -129,6 +129,15 @@ pub(crate) mod de {
             "FAIL_STRATEGY_",
             |name| FailStrategy::from_str_name(name).map(|v| v as i32),
             &["fail_closed", "fail_open"],
+        )
+    }
+
+    pub fn ebpf_mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i32, D::Error> {
+        enum_by_name(
+            deserializer,
+            "EBPF_MODE_",
+            |name| EbpfMode::from_str_name(name).map(|v| v as i32),
+            &["auto", "native", "generic", "off"],
         )
     }
 

@@ -116,6 +116,7 @@ pub struct SourceConfig {
     pub admin: Option<proto::Admin>,
     pub access_log: Option<proto::AccessLog>,
     pub http: Option<proto::HttpOptions>,
+    pub ebpf: Option<proto::Ebpf>,
     /// In config order (few; the status page lists them in this order).
     pub listeners: Vec<proto::Listener>,
     /// By host name: its own, else its first domain.
@@ -135,6 +136,7 @@ impl SourceConfig {
             admin: config.admin,
             access_log: config.access_log,
             http: config.http,
+            ebpf: config.ebpf,
             listeners: config.listeners,
             hosts: Sources::hashed(config.hosts, host_name),
             clusters: Sources::hashed(config.clusters, |_, cluster| cluster.name.clone()),
@@ -151,6 +153,7 @@ impl SourceConfig {
             admin: self.admin.clone(),
             access_log: self.access_log.clone(),
             http: self.http.clone(),
+            ebpf: self.ebpf.clone(),
             listeners: self.listeners.clone(),
             hosts: self.hosts.iter().cloned().collect(),
             clusters: self.clusters.iter().cloned().collect(),

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::ebpf::EbpfSettings;
 use super::error::{ConfigErrors, Errors};
 use super::plugins::PluginSet;
 use super::proto;
@@ -32,6 +33,8 @@ pub struct Snapshot {
     pub admin_address: SocketAddr,
     pub access_log: AccessLogTarget,
     pub http: HttpSettings,
+    /// The guard and steering settings (`crate::ebpf` applies them).
+    pub ebpf: EbpfSettings,
     pub listeners: Vec<ListenerSettings>,
     pub router: Router,
     pub clusters: Clusters,
@@ -107,6 +110,7 @@ impl Snapshot {
             admin_address: checked.admin_address,
             access_log: checked.access_log,
             http: checked.http,
+            ebpf: checked.ebpf,
             listeners: checked.listeners,
             router: Router::new(hosts),
             clusters: Clusters::new(clusters),

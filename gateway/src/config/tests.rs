@@ -861,3 +861,153 @@ fn plugin_errors_have_exact_paths() {
     assert_eq!(build(&budget(2, "40MiB")).plugin_config.plugins.len(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn ebpf_defaults_apply_when_the_section_is_absent() {
+    let snapshot = build(MINIMAL);
+    let ebpf = &snapshot.ebpf;
+    assert_eq!(ebpf.mode, EbpfMode::Auto);
+    assert!(ebpf.interfaces.is_empty());
+    assert_eq!(ebpf.pin_path, std::path::Path::new(defaults::EBPF_PIN_PATH));
+    assert!(ebpf.blocklist.is_empty() && ebpf.allowlist.is_empty());
+    assert_eq!(ebpf.rate_limit, EbpfRateLimits::default());
+    assert_eq!(ebpf.tracked_sources, tollgate_ebpf_common::DEFAULT_TRACKED_SOURCES);
+    assert!(ebpf.steering);
+    assert!(!ebpf.cpu_redirect);
+    assert_eq!(*ebpf, EbpfSettings::default());
+}
+
+#[test]
+fn ebpf_section_maps_onto_settings() {
+    let snapshot = build(&format!(
+        "{MINIMAL}
+ebpf:
+  mode: generic
+  interfaces: [veth0, eth1]
+  pin_path: /sys/fs/bpf/tollgate-test
+  blocklist: ['203.0.113.0/24', '198.51.100.7', '2001:db8::/32', '::/0']
+  allowlist: ['2001:db8::1', 10.0.0.0/8]
+  rate_limit: {{syn_per_second: 100, packets_per_second: 5000, packets_burst: 20000}}
+  tracked_sources: 1024
+  steering: false
+  cpu_redirect: true
+"
+    ));
+    let ebpf = &snapshot.ebpf;
+    assert_eq!(ebpf.mode, EbpfMode::Generic);
+    assert_eq!(ebpf.interfaces, ["veth0", "eth1"]);
+    assert_eq!(ebpf.pin_path, std::path::Path::new("/sys/fs/bpf/tollgate-test"));
+    let shown: Vec<String> = ebpf.blocklist.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "::/0"]);
+    let shown: Vec<String> = ebpf.allowlist.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["2001:db8::1/128", "10.0.0.0/8"]);
+    assert_eq!(
+        ebpf.rate_limit,
+        EbpfRateLimits {
+            syn_per_second: 100,
+            syn_burst: 100,
+            packets_per_second: 5000,
+            packets_burst: 20000,
+        },
+        "an unset burst is one second's worth"
+    );
+    assert_eq!(ebpf.tracked_sources, 1024);
+    assert!(!ebpf.steering);
+    assert!(ebpf.cpu_redirect);
+    for (name, mode) in [
+        ("auto", EbpfMode::Auto),
+        ("native", EbpfMode::Native),
+        ("EBPF_MODE_OFF", EbpfMode::Off),
+    ] {
+        assert_eq!(build(&format!("{MINIMAL}\nebpf: {{mode: {name}}}\n")).ebpf.mode, mode);
+    }
+}
+
+#[test]
+fn ebpf_errors_have_exact_paths() {
+    assert_errors(
+        &format!(
+            "{MINIMAL}
+ebpf:
+  interfaces: [eth0, '', eth0, a-very-long-interface-name, 'et h0']
+  pin_path: relative/dir
+  blocklist: ['192.0.2.0/24', 10.0.0.1/8, 10.0.0.0/33, not-an-ip, '2001:db8::/129', '192.0.2.0/24', '']
+  allowlist: [10.0.0.0/x]
+  rate_limit: {{syn_burst: 10, packets_per_second: 10, packets_burst: 5}}
+  tracked_sources: 99999999
+"
+        ),
+        &[
+            ("ebpf.interfaces[1]", "must be 1 to 15 bytes"),
+            (
+                "ebpf.interfaces[2]",
+                "duplicate interface \"eth0\" (also ebpf.interfaces[0])",
+            ),
+            ("ebpf.interfaces[3]", "must be 1 to 15 bytes"),
+            ("ebpf.interfaces[4]", "must not hold"),
+            ("ebpf.pin_path", "must be an absolute path"),
+            (
+                "ebpf.blocklist[1]",
+                "\"10.0.0.1/8\" is not a CIDR: host bits are set past /8 (the network is 10.0.0.0/8)",
+            ),
+            (
+                "ebpf.blocklist[2]",
+                "\"10.0.0.0/33\" is not a CIDR: prefix length \"33\" must be a number from 0 to 32",
+            ),
+            ("ebpf.blocklist[3]", "\"not-an-ip\" is not a CIDR"),
+            ("ebpf.blocklist[4]", "from 0 to 128"),
+            (
+                "ebpf.blocklist[5]",
+                "duplicate entry 192.0.2.0/24 (also ebpf.blocklist[0])",
+            ),
+            ("ebpf.blocklist[6]", "is not a CIDR"),
+            ("ebpf.allowlist[0]", "prefix length \"x\""),
+            ("ebpf.rate_limit.syn_burst", "set without syn_per_second"),
+            ("ebpf.tracked_sources", "at most 4194304"),
+        ],
+    );
+    let unknown = parse_yaml(&format!("{MINIMAL}\nebpf: {{mode: turbo}}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unknown.contains("ebpf.mode") && unknown.contains("unknown variant `turbo`"),
+        "{unknown}"
+    );
+}
+
+#[test]
+fn ebpf_changes_reach_the_snapshot_on_reload() {
+    let first = build(MINIMAL);
+    let changed = format!("{MINIMAL}\nebpf: {{blocklist: [192.0.2.1], interfaces: [lo]}}\n");
+    let second = Snapshot::build(parse_yaml(&changed).unwrap(), Some(&first)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(second.ebpf.interfaces, ["lo"]);
+    assert_eq!(second.ebpf.blocklist[0].to_string(), "192.0.2.1/32");
+    assert_eq!(
+        second.source.to_proto().ebpf.map(|section| section.blocklist),
+        Some(vec!["192.0.2.1".to_string()]),
+        "the running source holds the section"
+    );
+    let back = Snapshot::build(parse_yaml(MINIMAL).unwrap(), Some(&second)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back.ebpf, EbpfSettings::default());
+    let broken = format!("{MINIMAL}\nebpf: {{allowlist: ['10.0.0.0/33']}}\n");
+    let Err(errors) = Snapshot::build(parse_yaml(&broken).unwrap(), Some(&second)) else {
+        panic!("an invalid CIDR is rejected on reload too");
+    };
+    assert_eq!(errors.0[0].path, "ebpf.allowlist[0]");
+}
+
+#[test]
+fn cidr_masks_and_prints_both_families() {
+    let cases = [
+        ("0.0.0.0/0", "0.0.0.0/0"),
+        ("255.255.255.255", "255.255.255.255/32"),
+        ("fe80::/10", "fe80::/10"),
+        ("::ffff:192.0.2.0/120", "::ffff:192.0.2.0/120"),
+    ];
+    for (text, shown) in cases {
+        assert_eq!(text.parse::<Cidr>().unwrap().to_string(), shown);
+    }
+    assert!("fe80::1/10".parse::<Cidr>().is_err(), "host bits past /10");
+    assert!("192.0.2.0/-1".parse::<Cidr>().is_err());
+    assert!("192.0.2.0/".parse::<Cidr>().is_err());
+}

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::defaults;
+use super::ebpf::EbpfSettings;
 use super::error::{ConfigErrors, Errors};
 use super::plugins::{self, route_name, PluginBudget, PluginContext, PluginSettings};
 use super::proto;
@@ -31,6 +32,7 @@ pub(crate) struct Checked {
     pub admin_address: SocketAddr,
     pub access_log: AccessLogTarget,
     pub http: HttpSettings,
+    pub ebpf: EbpfSettings,
     pub listeners: Vec<ListenerSettings>,
     pub listener_tls: Vec<ListenerTlsPlan>,
     pub certificates: HashMap<String, Arc<crate::tls::LoadedCertificate>>,
@@ -88,6 +90,7 @@ pub(crate) fn check(config: &proto::Config) -> Result<Checked, ConfigErrors> {
     let admin_address = settings::admin_address(&mut errors, config.admin.as_ref());
     let access_log = settings::access_log(config.access_log.as_ref());
     let http = settings::http(&mut errors, config.http.as_ref());
+    let ebpf = super::ebpf::ebpf(&mut errors, config.ebpf.as_ref());
     let listeners = settings::listeners(&mut errors, &config.listeners, admin_address);
     let certificate_names: std::collections::HashSet<&str> =
         config.certificates.iter().map(|c| c.name.as_str()).collect();
@@ -121,6 +124,7 @@ pub(crate) fn check(config: &proto::Config) -> Result<Checked, ConfigErrors> {
         admin_address,
         access_log,
         http,
+        ebpf,
         listeners,
         listener_tls,
         certificates,
