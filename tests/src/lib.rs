@@ -2,10 +2,13 @@
 //! gateway (`Gateway`), upstream servers (`Upstream`, `Nginx`), raw HTTP/1.1
 //! clients (`client`), real redis-server (`Redis`), the built proxy-wasm
 //! plugins (`plugins`), certificates and a rustls client (`tls`), cgroups for
-//! worker sizing, and small helpers for metrics and polling. Everything binds
-//! 127.0.0.1 on ports allocated at run time, so tests run in parallel without
+//! worker sizing, eBPF programs run directly with BPF_PROG_TEST_RUN and the
+//! live-frames traffic generator (`bpf`), and small helpers for metrics and
+//! polling. Everything binds 127.0.0.1 on ports allocated at run time (or
+//! lives in namespaces a test creates), so tests run in parallel without
 //! shared state.
 
+pub mod bpf;
 pub mod cgroup;
 pub mod client;
 pub mod gateway;
