@@ -6,6 +6,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod config;
 pub mod control;
+pub mod ebpf;
 pub mod http;
 pub mod listener;
 pub mod metrics;
