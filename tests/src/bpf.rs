@@ -1,8 +1,8 @@
 //! Driving eBPF programs directly, without the gateway: what the packet tests
 //! and `cargo xtask bench xdp` share. Load an object from bytes with aya (its
 //! pinned maps in a private bpffs mount, so nothing outlives the test), run
-//! an XDP program once on a crafted frame with BPF_PROG_TEST_RUN and read its
-//! verdict, or use it as a traffic generator in live-frames mode
+//! an XDP program once on a crafted frame (at least an Ethernet header long)
+//! with BPF_PROG_TEST_RUN and read its verdict, or use it as a traffic generator in live-frames mode
 //! (BPF_F_TEST_XDP_LIVE_FRAMES, kernel ≥ 5.18): the kernel runs the program
 //! on copies of one frame and transmits those it returns XDP_TX for out of
 //! the interface given by `ingress_ifindex`. Also: frame builders (Ethernet,
@@ -69,9 +69,18 @@ impl Drop for PrivateBpffs {
     }
 }
 
-/// Loads an object from bytes; maps declared pinned go under `pins`.
+/// Loads an object from bytes; maps declared pinned go under `pins`. A
+/// `CPU_MAP` (the guard's) is sized to the possible CPUs, as the gateway
+/// does: the kernel refuses one larger than its NR_CPUS.
 pub fn load(object: &[u8], pins: &Path) -> Result<Ebpf, aya::EbpfError> {
-    EbpfLoader::new().default_map_pin_directory(pins).load(object)
+    let cpus = aya::util::nr_cpus().map_err(|(path, error)| aya::EbpfError::FileError {
+        path: PathBuf::from(path),
+        error,
+    })?;
+    EbpfLoader::new()
+        .default_map_pin_directory(pins)
+        .map_max_entries(tollgate_ebpf_common::maps::CPU_MAP, cpus as u32)
+        .load(object)
 }
 
 /// The XDP program `name` of `ebpf`, loaded into the kernel (verifier run).
@@ -122,10 +131,10 @@ impl From<u32> for Verdict {
 }
 
 /// The context BPF_PROG_TEST_RUN takes for XDP: `struct xdp_md`. In test
-/// runs `data` is the length of metadata in front of the frame (a multiple
-/// of 4, at most 32), `data_end` the whole input length, `data_meta` and
-/// `egress_ifindex` must be 0, and `ingress_ifindex` (with `rx_queue_index`
-/// below its queue count) names a device of the caller's network namespace.
+/// runs `data` is the length of metadata in front of the frame (none here),
+/// `data_end` the whole input length, `data_meta` and `egress_ifindex` must
+/// be 0, and `ingress_ifindex` (with `rx_queue_index` below its queue count)
+/// names a device of the caller's network namespace.
 #[derive(Clone, Copy, Debug, Default)]
 struct XdpMd {
     data: u32,
@@ -154,30 +163,24 @@ impl XdpMd {
     }
 }
 
-/// The kernel refuses test input shorter than an Ethernet header.
-const ETH_HLEN: usize = 14;
+/// The shortest frame BPF_PROG_TEST_RUN takes for XDP: an Ethernet header.
+/// (Kernel 6.18 also refuses shorter frames behind metadata bytes, so a
+/// program's "shorter than Ethernet" branch cannot be run this way.)
+pub const MIN_FRAME: usize = 14;
 
-/// Runs `program` once on `frame` and returns its verdict. Frames shorter
-/// than an Ethernet header, which the kernel would refuse, go in behind
-/// metadata bytes (`xdp_md.data` > 0), so the program still sees exactly
-/// `frame`.
+/// Runs `program` once on `frame` and returns its verdict.
 pub fn run_once(program: &Xdp, frame: &[u8]) -> io::Result<Verdict> {
-    let meta = if frame.len() < ETH_HLEN {
-        (ETH_HLEN - frame.len()).next_multiple_of(4)
-    } else {
-        0
-    };
-    let mut input = vec![0u8; meta];
-    input.extend_from_slice(frame);
-    let ctx = XdpMd {
-        data: meta as u32,
-        data_end: input.len() as u32,
-        ..XdpMd::default()
+    if frame.len() < MIN_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "BPF_PROG_TEST_RUN refuses XDP frames under {MIN_FRAME} bytes (got {})",
+                frame.len()
+            ),
+        ));
     }
-    .bytes();
     let opts = TestRunOptions {
-        data_in: Some(&input),
-        ctx_in: Some(&ctx),
+        data_in: Some(frame),
         ..TestRunOptions::default()
     };
     let result = program.test_run(opts).map_err(|e| io::Error::other(chain(&e)))?;
