@@ -40,6 +40,16 @@ pub struct AccessEntry<'a> {
     pub request_id: &'a str,
 }
 
+/// Where a request ran, added to its line by the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub worker: usize,
+    /// The CPU the worker is pinned to; None when unpinned.
+    pub worker_cpu: Option<usize>,
+    /// The CPU that received the connection's packets (`SO_INCOMING_CPU`).
+    pub incoming_cpu: Option<u32>,
+}
+
 /// The JSON shape of a line.
 #[derive(Serialize)]
 struct Line<'a> {
@@ -57,6 +67,9 @@ struct Line<'a> {
     upstream_time_ms: Option<f64>,
     total_time_ms: f64,
     request_id: &'a str,
+    worker: usize,
+    worker_cpu: Option<usize>,
+    incoming_cpu: Option<u32>,
 }
 
 fn as_display<T: Display, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
@@ -104,9 +117,14 @@ impl AccessLogWriter {
         })
     }
 
+    /// Whether lines are dropped (`path: off`).
+    pub fn is_off(&self) -> bool {
+        matches!(self.sink, Sink::Off)
+    }
+
     /// Buffers the entry's line; writes the buffer once it holds 16 KiB.
-    pub fn write(&mut self, entry: &AccessEntry) {
-        if matches!(self.sink, Sink::Off) {
+    pub fn write(&mut self, entry: &AccessEntry, placement: &Placement) {
+        if self.is_off() {
             return;
         }
         let line = Line {
@@ -121,6 +139,9 @@ impl AccessLogWriter {
             upstream_time_ms: entry.upstream_time.map(millis),
             total_time_ms: millis(entry.total_time),
             request_id: entry.request_id,
+            worker: placement.worker,
+            worker_cpu: placement.worker_cpu,
+            incoming_cpu: placement.incoming_cpu,
         };
         let start = self.buffer.len();
         if serde_json::to_writer(&mut self.buffer, &line).is_err() {
@@ -213,6 +234,12 @@ mod tests {
         }
     }
 
+    const PLACED: Placement = Placement {
+        worker: 3,
+        worker_cpu: Some(5),
+        incoming_cpu: Some(5),
+    };
+
     fn entry(request_id: &str) -> AccessEntry<'_> {
         AccessEntry {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123),
@@ -233,12 +260,19 @@ mod tests {
     fn a_line_is_json_with_every_field() {
         let file = TempFile::new("fields");
         let mut log = AccessLogWriter::open(&AccessLogTarget::File(file.0.clone())).unwrap();
-        log.write(&entry("req-1"));
+        log.write(&entry("req-1"), &PLACED);
         let mut local = entry("req-2");
         local.upstream = None;
         local.upstream_time = None;
         local.status = 404;
-        log.write(&local);
+        log.write(
+            &local,
+            &Placement {
+                worker: 0,
+                worker_cpu: None,
+                incoming_cpu: None,
+            },
+        );
         assert!(file.lines().is_empty(), "buffered until flush");
         log.flush();
 
@@ -256,11 +290,17 @@ mod tests {
             "upstream_time_ms": 2.5,
             "total_time_ms": 3.125,
             "request_id": "req-1",
+            "worker": 3,
+            "worker_cpu": 5,
+            "incoming_cpu": 5,
         });
         assert_eq!(lines[0], expected);
         assert_eq!(lines[1]["upstream"], serde_json::Value::Null);
         assert_eq!(lines[1]["upstream_time_ms"], serde_json::Value::Null);
         assert_eq!(lines[1]["status"], 404);
+        assert_eq!(lines[1]["worker"], 0);
+        assert_eq!(lines[1]["worker_cpu"], serde_json::Value::Null, "an unpinned worker");
+        assert_eq!(lines[1]["incoming_cpu"], serde_json::Value::Null);
     }
 
     #[test]
@@ -269,7 +309,7 @@ mod tests {
         let mut log = AccessLogWriter::open(&AccessLogTarget::File(file.0.clone())).unwrap();
         let mut written = 0;
         while file.lines().is_empty() {
-            log.write(&entry("req"));
+            log.write(&entry("req"), &PLACED);
             written += 1;
             assert!(written < 1000, "no write after {written} entries");
         }
@@ -279,7 +319,7 @@ mod tests {
             FLUSH_THRESHOLD.div_ceil(line_len),
             "the first write happens at 16 KiB"
         );
-        log.write(&entry("last"));
+        log.write(&entry("last"), &PLACED);
         drop(log);
         let lines = file.lines();
         assert_eq!(lines.len(), written + 1);
@@ -296,7 +336,7 @@ mod tests {
                     let mut log = AccessLogWriter::open(&AccessLogTarget::File(path)).unwrap();
                     let id = format!("worker-{worker}");
                     for _ in 0..2000 {
-                        log.write(&entry(&id));
+                        log.write(&entry(&id), &PLACED);
                     }
                 })
             })
@@ -315,7 +355,7 @@ mod tests {
     #[test]
     fn off_writes_nothing() {
         let mut log = AccessLogWriter::open(&AccessLogTarget::Off).unwrap();
-        log.write(&entry("x"));
+        log.write(&entry("x"), &PLACED);
         assert!(log.buffer.is_empty());
     }
 

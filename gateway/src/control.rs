@@ -1,10 +1,13 @@
-//! The control thread: starts the workers, then runs a tokio runtime for the
-//! admin listener, active health checks, DNS refresh, config reloads (SIGHUP
-//! or a changed file) and the graceful stop (SIGTERM/SIGINT).
+//! The control thread: binds the listeners, loads eBPF (the XDP guard and
+//! connection steering, which needs every worker's socket bound), starts the
+//! workers, then runs a tokio runtime for the admin listener, active health
+//! checks, DNS refresh, config reloads (SIGHUP or a changed file) and the
+//! graceful stop (SIGTERM/SIGINT), which detaches the guard last.
 //!
 //! Reloads build the new snapshot off to the side (validation and DNS on a
 //! blocking thread), bind any new listeners, and only then swap the atomic
-//! pointer: a rejected config leaves everything as it was.
+//! pointer: a rejected config leaves everything as it was. eBPF changes go
+//! to the maps and attachments; the programs stay loaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +19,9 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, AdminState};
-use crate::config::{self, Snapshot, WorkersSetting};
-use crate::listener::{self, sizing, WorkerCommand, WorkerHandle};
+use crate::config::{self, EbpfMode, Snapshot, WorkersSetting};
+use crate::ebpf::{self, Ebpf, ListenerSockets, WorkerCpus};
+use crate::listener::{self, sizing, BoundListener, WorkerCommand, WorkerHandle};
 use crate::upstream::{self, Cluster};
 
 /// How often the config file's modification time is checked.
@@ -56,7 +60,16 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let live = Arc::new(ArcSwap::from_pointee(snapshot));
     crate::plugin::spawn_housekeeping(live.clone()).context("starting the plugin housekeeping thread")?;
     let cpus: Vec<usize> = (0..plan.count).map(|i| plan.cpus[i % plan.cpus.len()]).collect();
-    let workers = listener::spawn_workers(&cpus, runtime.pin_workers, runtime.io, live.clone())?;
+    let bound = listener::bind_listeners(&live.load().listeners, cpus.len())?;
+    let ebpf = {
+        let sockets: Vec<ListenerSockets<'_>> = bound.iter().map(listener_sockets).collect();
+        let workers = WorkerCpus {
+            cpus: cpus.clone(),
+            pinned: runtime.pin_workers,
+        };
+        Ebpf::start(ebpf::object::guard_object(), &live.load().ebpf, workers, &sockets)
+    };
+    let workers = listener::spawn_workers(&cpus, runtime.pin_workers, runtime.io, live.clone(), bound)?;
     for listener in &live.load().listeners {
         tracing::info!(listener = %listener.name, address = %listener.address, workers = workers.len(), "listening");
     }
@@ -76,6 +89,7 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             health: HashMap::new(),
             dns_refreshed: HashMap::new(),
             admin: Arc::new(AdminState::new(live)),
+            ebpf,
         };
         control.serve(admin_listener).await
     })
@@ -89,6 +103,16 @@ struct Control {
     health: HashMap<String, (Arc<Cluster>, tokio::task::JoinHandle<()>)>,
     dns_refreshed: HashMap<String, Instant>,
     admin: Arc<AdminState>,
+    /// None when eBPF is off or was refused at start.
+    ebpf: Option<Ebpf>,
+}
+
+fn listener_sockets(bound: &BoundListener) -> ListenerSockets<'_> {
+    ListenerSockets {
+        name: &bound.name,
+        address: bound.address,
+        sockets: &bound.sockets,
+    }
 }
 
 impl Control {
@@ -168,17 +192,32 @@ impl Control {
             }
         };
         let generation = snapshot.generation;
+        match &mut self.ebpf {
+            Some(ebpf) => {
+                for (name, address) in &removed {
+                    ebpf.unregister_listener(name, *address);
+                }
+                for bound in &added {
+                    ebpf.register_listener(&bound.name, bound.address, &bound.sockets);
+                }
+                ebpf.apply(&snapshot.ebpf);
+            }
+            None if previous.ebpf.mode == EbpfMode::Off && snapshot.ebpf.mode != EbpfMode::Off => {
+                tracing::warn!("ebpf: leaving ebpf.mode off takes effect at restart");
+            }
+            None => {}
+        }
         self.live.store(Arc::new(snapshot));
-        for name in removed {
+        for (name, _) in removed {
             self.broadcast(|| WorkerCommand::RemoveListener { name: name.clone() })
                 .await;
         }
-        for (name, sockets) in added {
-            for (worker, socket) in self.workers.iter().zip(sockets) {
+        for bound in added {
+            for (worker, socket) in self.workers.iter().zip(bound.sockets) {
                 let _ = worker
                     .commands
                     .send(WorkerCommand::AddListener {
-                        name: name.clone(),
+                        name: bound.name.clone(),
                         socket,
                     })
                     .await;
@@ -189,13 +228,14 @@ impl Control {
     }
 
     /// Binds one socket per worker for every listener that is new or moved.
-    /// Returns them with the names of listeners to stop; binds nothing on error.
+    /// Returns them with the names and addresses of listeners to stop; binds
+    /// nothing on error.
     #[allow(clippy::type_complexity)]
     fn bind_changed_listeners(
         &self,
         previous: &Snapshot,
         next: &Snapshot,
-    ) -> anyhow::Result<(Vec<(Arc<str>, Vec<std::net::TcpListener>)>, Vec<Arc<str>>)> {
+    ) -> anyhow::Result<(Vec<BoundListener>, Vec<(Arc<str>, std::net::SocketAddr)>)> {
         let mut added = Vec::new();
         let mut removed = Vec::new();
         for old in &previous.listeners {
@@ -204,7 +244,7 @@ impl Control {
                 .iter()
                 .any(|new| new.name == old.name && new.address == old.address);
             if !kept {
-                removed.push(Arc::<str>::from(old.name.as_str()));
+                removed.push((Arc::<str>::from(old.name.as_str()), old.address));
             }
         }
         for new in &next.listeners {
@@ -215,11 +255,7 @@ impl Control {
             if existed {
                 continue;
             }
-            let sockets = (0..self.workers.len())
-                .map(|_| listener::bind_reuseport(new.address, new.backlog))
-                .collect::<anyhow::Result<Vec<_>>>()
-                .with_context(|| format!("listener {}", new.name))?;
-            added.push((Arc::<str>::from(new.name.as_str()), sockets));
+            added.push(listener::bind_listener(new, self.workers.len())?);
         }
         Ok((added, removed))
     }
@@ -274,7 +310,7 @@ impl Control {
 
     /// Stops accepting, lets in-flight requests finish (bounded by the drain
     /// timeout), closes idle connections, and waits for the workers.
-    async fn drain(self) -> anyhow::Result<()> {
+    async fn drain(mut self) -> anyhow::Result<()> {
         self.admin.mark_draining();
         let timeout = self.live.load().runtime.drain_timeout;
         tracing::info!(?timeout, "stopping: draining connections");
@@ -289,6 +325,10 @@ impl Control {
             if !matches!(joined, Ok(Ok(()))) {
                 tracing::error!(worker = index, "worker thread panicked");
             }
+        }
+        // Last: the guard keeps filtering while connections drain.
+        if let Some(ebpf) = self.ebpf.take() {
+            ebpf.stop();
         }
         tracing::info!("stopped");
         Ok(())

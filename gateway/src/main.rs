@@ -1,5 +1,6 @@
-//! The `tollgate` binary: `run` serves, `check` validates a config and prints
-//! every error, `--version` names the build.
+//! The `tollgate` binary: `run` serves, `check` validates a config, prints
+//! every error and which eBPF features would be active, `--version` names
+//! the build.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,7 +28,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a config (the embedded default without --config) and print every error.
+    /// Validate a config (the embedded default without --config) and print
+    /// every error; load the eBPF programs (not attached) and say which
+    /// features `run` would start.
     Check {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -76,5 +79,13 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         snapshot.clusters.len()
     );
     println!("workers: {} ({})", plan.count, plan.explanation);
+    println!(
+        "{}",
+        tollgate::ebpf::check(
+            tollgate::ebpf::object::guard_object(),
+            &snapshot.ebpf,
+            snapshot.runtime.pin_workers
+        )
+    );
     ExitCode::SUCCESS
 }

@@ -8,7 +8,8 @@
 //! snapshot is built and when metrics are encoded, never per request.
 //!
 //! Certificate expiry is not a counter: it is computed at scrape time from
-//! the running snapshot's loaded certificates.
+//! the running snapshot's loaded certificates. The eBPF counters live in BPF
+//! maps (per-CPU, written by the kernel) and are read at scrape time too.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,6 +25,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Snapshot;
+use crate::ebpf::EbpfMetrics;
 use crate::plugin::{FaultKind, MetricKind, MetricValue, HISTOGRAM_BUCKETS};
 use crate::upstream::Cluster;
 
@@ -402,6 +404,7 @@ impl Stats {
         clusters: impl Iterator<Item = Arc<Cluster>>,
         certificates: Vec<CertificateExpiry>,
         plugin_gauges: Vec<PluginGauges>,
+        ebpf: EbpfMetrics,
     ) -> String {
         let routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let cluster_stats = self.clusters.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -420,6 +423,7 @@ impl Stats {
             plugins,
             plugin_gauges,
             workers: self.workers.clone(),
+            ebpf,
         }));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
@@ -461,6 +465,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
         snapshot.clusters.iter().map(|(_, cluster)| Arc::clone(cluster)),
         certificate_expiry(snapshot, SystemTime::now()),
         snapshot.plugins.gauges(),
+        crate::ebpf::metrics(),
     )
 }
 
@@ -520,6 +525,7 @@ struct Exposition {
     plugins: BTreeMap<String, Arc<PluginStats>>,
     plugin_gauges: Vec<PluginGauges>,
     workers: Arc<[WorkerStats]>,
+    ebpf: EbpfMetrics,
 }
 
 impl std::fmt::Debug for Exposition {
@@ -578,8 +584,71 @@ impl Collector for Exposition {
         encode_certificates(&mut encoder, &self.certificates)?;
         encode_plugins(&mut encoder, &self.plugins, &self.plugin_gauges)?;
         encode_plugin_defined(&mut encoder, &crate::plugin::plugin_metric_values())?;
-        encode_workers(&mut encoder, &self.workers)
+        encode_workers(&mut encoder, &self.workers)?;
+        encode_ebpf(&mut encoder, &self.ebpf)
     }
+}
+
+/// The XDP guard's and steering's counters (when their maps are loaded),
+/// which features run, and the busiest sources.
+fn encode_ebpf(encoder: &mut DescriptorEncoder, ebpf: &EbpfMetrics) -> std::fmt::Result {
+    let mut e = encoder.encode_descriptor(
+        "tollgate_ebpf_active",
+        "1 while the eBPF feature runs (xdp_guard: attached to an interface; steering: selecting listeners).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (feature, active) in [("xdp_guard", ebpf.guard_active), ("steering", ebpf.steering_active)] {
+        gauge(&mut e, &[("feature", feature)], i64::from(active))?;
+    }
+    if let Some(guard) = &ebpf.guard {
+        type Field = fn(&tollgate_ebpf_common::Count) -> u64;
+        let families: [(&str, &str, Field); 2] = [
+            (
+                "tollgate_xdp_packets",
+                "Packets the XDP guard passed or dropped, by reason, summed over CPUs.",
+                |c| c.packets,
+            ),
+            (
+                "tollgate_xdp_bytes",
+                "Bytes of the packets the XDP guard passed or dropped, by reason.",
+                |c| c.bytes,
+            ),
+        ];
+        for (name, help, field) in families {
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (reason, count) in guard {
+                let action = if reason.dropped() { "drop" } else { "pass" };
+                counter(&mut e, &[("reason", reason.label()), ("action", action)], field(count))?;
+            }
+        }
+    }
+    if let Some(steer) = &ebpf.steer {
+        let mut e = encoder.encode_descriptor(
+            "tollgate_steer_connections",
+            "New connections by how steering chose their listener.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in steer {
+            counter(&mut e, &[("result", result.label())], *count)?;
+        }
+    }
+    let mut e = encoder.encode_descriptor(
+        "tollgate_xdp_top_source_packets",
+        "Packets seen by the XDP guard from the busiest tracked sources (top 10, refreshed at most every 5 s).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (source, packets) in &ebpf.top_sources {
+        let source = source.to_string();
+        gauge(
+            &mut e,
+            &[("source", Escaped(&source))],
+            i64::try_from(*packets).unwrap_or(i64::MAX),
+        )?;
+    }
+    Ok(())
 }
 
 /// Metrics plugins define (`proxy_define_metric`), one family each, named
@@ -1042,7 +1111,7 @@ mod tests {
         upstream.endpoints().endpoints[0].set_active_healthy(false);
         let clusters = [upstream];
 
-        let text = stats.encode(7, clusters.into_iter(), Vec::new(), Vec::new());
+        let text = stats.encode(7, clusters.into_iter(), Vec::new(), Vec::new(), EbpfMetrics::default());
         let lines = lines(&text);
         let info = format!("tollgate_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         let expected = [
@@ -1101,7 +1170,7 @@ mod tests {
         tls.record_handshake(1, "TLSv1.2", "ok", Duration::from_micros(400));
         tls.record_handshake(0, "none", "rejected", Duration::from_micros(100));
         tls.record_handshake(1, "none", "timeout", Duration::from_secs(10));
-        let text = stats.encode(1, std::iter::empty(), Vec::new(), Vec::new());
+        let text = stats.encode(1, std::iter::empty(), Vec::new(), Vec::new(), EbpfMetrics::default());
         let lines = lines(&text);
         let expected = [
             "tollgate_tls_handshakes_total{listener=\"https\",version=\"TLSv1.3\",result=\"ok\"} 2",
@@ -1123,10 +1192,63 @@ mod tests {
     }
 
     #[test]
+    fn encodes_ebpf_counters_and_top_sources() {
+        use tollgate_ebpf_common::{Count, GuardCounter, SteerCounter};
+        let stats = Stats::new(1);
+        let idle = stats.encode(1, std::iter::empty(), Vec::new(), Vec::new(), EbpfMetrics::default());
+        assert!(
+            lines(&idle).contains(&"tollgate_ebpf_active{feature=\"xdp_guard\"} 0"),
+            "{idle}"
+        );
+        assert!(
+            !idle.contains("tollgate_xdp_packets_total"),
+            "no maps, no counters:\n{idle}"
+        );
+        let ebpf = EbpfMetrics {
+            guard_active: true,
+            steering_active: false,
+            guard: Some(
+                GuardCounter::ALL
+                    .iter()
+                    .map(|&c| {
+                        let n = c as u64;
+                        (
+                            c,
+                            Count {
+                                packets: n * 10,
+                                bytes: n * 1000,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+            steer: Some(SteerCounter::ALL.iter().map(|&c| (c, c as u64 + 1)).collect()),
+            top_sources: vec![("10.9.0.2".parse().unwrap(), 700), ("2001:db8::7".parse().unwrap(), 3)],
+        };
+        let text = stats.encode(1, std::iter::empty(), Vec::new(), Vec::new(), ebpf);
+        let expected = [
+            "tollgate_ebpf_active{feature=\"xdp_guard\"} 1",
+            "tollgate_ebpf_active{feature=\"steering\"} 0",
+            "tollgate_xdp_packets_total{reason=\"passed\",action=\"pass\"} 0",
+            "tollgate_xdp_packets_total{reason=\"blocklist\",action=\"drop\"} 40",
+            "tollgate_xdp_bytes_total{reason=\"malformed\",action=\"drop\"} 7000",
+            "tollgate_xdp_bytes_total{reason=\"redirected\",action=\"pass\"} 3000",
+            "tollgate_steer_connections_total{result=\"steered\"} 1",
+            "tollgate_steer_connections_total{result=\"select_failed\"} 4",
+            "tollgate_xdp_top_source_packets{source=\"10.9.0.2\"} 700",
+            "tollgate_xdp_top_source_packets{source=\"2001:db8::7\"} 3",
+        ];
+        let lines = lines(&text);
+        for line in expected {
+            assert!(lines.contains(&line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn escapes_label_values() {
         let stats = Stats::new(1);
         stats.route_stats("quote\"host", "back\\slash").record(0, 301, 0, 0);
-        let text = stats.encode(0, std::iter::empty(), Vec::new(), Vec::new());
+        let text = stats.encode(0, std::iter::empty(), Vec::new(), Vec::new(), EbpfMetrics::default());
         let line = "tollgate_requests_total{host=\"quote\\\"host\",route=\"back\\\\slash\",class=\"3xx\"} 1";
         assert!(lines(&text).contains(&line), "missing {line:?} in:\n{text}");
     }

@@ -203,6 +203,9 @@ impl Guard {
 /// Attaches in the mode asked for; `auto` tries native first and says why
 /// it fell back.
 fn attach(program: &mut Xdp, interface: &str, mode: EbpfMode) -> Result<(XdpLinkId, Attached), String> {
+    if !super::sys::interface_exists(interface) {
+        return Err("no such interface".into());
+    }
     let generic = |program: &mut Xdp| {
         program
             .attach(interface, XdpMode::Skb)

@@ -190,7 +190,13 @@ fn unpin_incompatible(object: &[u8], dir: &Path, tracked_sources: u32) -> Result
                     )
                 })
             }
-            Err(error) => Some(error_chain(&error)),
+            Err(error) => {
+                return Err(format!(
+                    "opening the pinned map {}: {}",
+                    path.display(),
+                    error_chain(&error)
+                ))
+            }
         };
         if let Some(mismatch) = mismatch {
             std::fs::remove_file(&path).map_err(|error| format!("unpinning {}: {error}", path.display()))?;

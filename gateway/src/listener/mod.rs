@@ -6,6 +6,10 @@
 //! own listening socket per configured listener. Everything a request touches
 //! is worker-local (`Worker`) except the config snapshot (an atomic pointer)
 //! and endpoint health (atomics): no lock is shared between workers.
+//!
+//! Every worker's socket of every listener is bound before any worker starts
+//! (`bind_listeners`), so the control thread can hand the whole SO_REUSEPORT
+//! group to connection steering (`crate::ebpf`) first.
 
 pub mod sizing;
 mod worker;
@@ -17,7 +21,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 
-use crate::config::{IoDriver, Snapshot};
+use crate::config::{IoDriver, ListenerSettings, Snapshot};
 pub use worker::Worker;
 
 /// What the control thread tells a worker.
@@ -63,32 +67,67 @@ pub fn bind_reuseport(address: SocketAddr, backlog: u32) -> anyhow::Result<std::
     Ok(socket.into())
 }
 
-/// Starts `cpus.len()` workers; worker `i` is pinned to `cpus[i]` when `pin`
-/// is set. Returns once every worker thread is running its runtime.
+/// One listener's sockets: `sockets[w]` is worker w's.
+pub struct BoundListener {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds one socket per worker for `listener`.
+pub fn bind_listener(listener: &ListenerSettings, workers: usize) -> anyhow::Result<BoundListener> {
+    let sockets = (0..workers)
+        .map(|_| bind_reuseport(listener.address, listener.backlog))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("listener {}", listener.name))?;
+    Ok(BoundListener {
+        name: Arc::from(listener.name.as_str()),
+        address: listener.address,
+        sockets,
+    })
+}
+
+/// Binds every listener's sockets for `workers` workers.
+pub fn bind_listeners(listeners: &[ListenerSettings], workers: usize) -> anyhow::Result<Vec<BoundListener>> {
+    listeners
+        .iter()
+        .map(|listener| bind_listener(listener, workers))
+        .collect()
+}
+
+/// Starts `cpus.len()` workers on the sockets of `listeners` (bound for as
+/// many workers); worker `i` is pinned to `cpus[i]` when `pin` is set.
+/// Returns once every worker thread is running its runtime.
 pub fn spawn_workers(
     cpus: &[usize],
     pin: bool,
     io: IoDriver,
     live: Arc<ArcSwap<Snapshot>>,
+    listeners: Vec<BoundListener>,
 ) -> anyhow::Result<Vec<WorkerHandle>> {
-    let snapshot = live.load_full();
-    let mut handles = Vec::with_capacity(cpus.len());
-    for (index, &cpu) in cpus.iter().enumerate() {
-        let mut sockets = Vec::new();
-        for listener in &snapshot.listeners {
-            let socket = bind_reuseport(listener.address, listener.backlog)?;
-            sockets.push((Arc::<str>::from(listener.name.as_str()), socket));
+    let mut per_worker: Vec<Vec<(Arc<str>, std::net::TcpListener)>> = (0..cpus.len()).map(|_| Vec::new()).collect();
+    for listener in listeners {
+        anyhow::ensure!(
+            listener.sockets.len() == cpus.len(),
+            "listener {} has {} sockets for {} workers",
+            listener.name,
+            listener.sockets.len(),
+            cpus.len()
+        );
+        for (worker, socket) in per_worker.iter_mut().zip(listener.sockets) {
+            worker.push((listener.name.clone(), socket));
         }
+    }
+    let mut handles = Vec::with_capacity(cpus.len());
+    for ((index, &cpu), sockets) in cpus.iter().enumerate().zip(per_worker) {
         let (commands, receiver) = async_channel::unbounded();
         let live = live.clone();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("tollgate-worker-{index}"))
             .spawn(move || {
-                if pin {
-                    pin_to_cpu(cpu);
-                }
-                worker::run(index, io, live, sockets, receiver, started_tx);
+                let pinned = (pin && pin_to_cpu(cpu)).then_some(cpu);
+                worker::run(index, pinned, io, live, sockets, receiver, started_tx);
             })
             .context("spawning a worker thread")?;
         match started_rx.recv() {
@@ -105,11 +144,18 @@ pub fn spawn_workers(
     Ok(handles)
 }
 
-fn pin_to_cpu(cpu: usize) {
+/// Pins the calling thread to `cpu`; false (logged) when the kernel refuses.
+fn pin_to_cpu(cpu: usize) -> bool {
     let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        if let Err(error) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+    if set.set(cpu).is_err() {
+        tracing::warn!(cpu, "could not pin worker to its CPU: beyond the CPU set");
+        return false;
+    }
+    match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        Ok(()) => true,
+        Err(error) => {
             tracing::warn!(cpu, %error, "could not pin worker to its CPU");
+            false
         }
     }
 }

@@ -1,8 +1,11 @@
 //! One worker: its runtime, accept loops, worker-local state (pools,
-//! balancer, access log) and the drain sequence.
+//! balancer, access log) and the drain sequence. Access-log lines say where
+//! a request ran: the worker, its pinned CPU and the CPU that received the
+//! connection's packets (`SO_INCOMING_CPU`, read when the line is written).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, Cache};
 
 use super::WorkerCommand;
-use crate::accesslog::{AccessEntry, AccessLogWriter};
+use crate::accesslog::{AccessEntry, AccessLogWriter, Placement};
 use crate::config::{AccessLogTarget, IoDriver, Snapshot};
 use crate::http::serve_connection;
 use crate::metrics::WorkerStats;
@@ -26,6 +29,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(25);
 
 pub struct Worker {
     pub index: usize,
+    /// The CPU the worker's thread is pinned to; None when unpinned.
+    pub cpu: Option<usize>,
     snapshot: RefCell<Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     /// The worker's handle on the current snapshot. Requests clone this `Rc`
     /// rather than the `Arc`, whose count every worker would write.
@@ -41,6 +46,9 @@ pub struct Worker {
     request_seq: Cell<u64>,
     request_id_prefix: u64,
     listeners: RefCell<HashMap<Arc<str>, ListenerControl>>,
+    /// The client socket of each connection being served, by peer address:
+    /// what an access-log line reads `SO_INCOMING_CPU` from.
+    peers: RefCell<HashMap<SocketAddr, RawFd>>,
     /// The idle-pool size last published to the metrics gauge.
     reported_pool_idle: Cell<i64>,
 }
@@ -79,7 +87,7 @@ impl Drop for ConnectionTracker<'_> {
 }
 
 impl Worker {
-    fn new(index: usize, live: Arc<ArcSwap<Snapshot>>) -> Worker {
+    fn new(index: usize, cpu: Option<usize>, live: Arc<ArcSwap<Snapshot>>) -> Worker {
         let prefix = {
             use std::hash::{BuildHasher, Hasher};
             let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -89,6 +97,7 @@ impl Worker {
         let current = RefCell::new(Rc::new(live.load_full()));
         Worker {
             index,
+            cpu,
             snapshot: RefCell::new(Cache::new(live)),
             current,
             pools: RefCell::new(Pools::default()),
@@ -101,6 +110,7 @@ impl Worker {
             request_seq: Cell::new(0),
             request_id_prefix: prefix,
             listeners: RefCell::new(HashMap::new()),
+            peers: RefCell::new(HashMap::new()),
             reported_pool_idle: Cell::new(0),
         }
     }
@@ -147,7 +157,22 @@ impl Worker {
     /// included) when a log is open.
     pub fn log_access<'e>(&self, entry: impl FnOnce() -> AccessEntry<'e>) {
         if let Some((_, writer)) = self.access_log.borrow_mut().as_mut() {
-            writer.write(&entry());
+            if writer.is_off() {
+                return;
+            }
+            let entry = entry();
+            let fd = self.peers.borrow().get(&entry.client).copied();
+            // SAFETY: `peers` holds a connection's descriptor only while
+            // `serve_connection` runs with that connection's stream alive
+            // (removed in the same poll that ends it), and this is called
+            // from within one of those calls, so the descriptor is open.
+            let incoming_cpu = fd.and_then(|fd| unsafe { crate::ebpf::incoming_cpu(fd) });
+            let placement = Placement {
+                worker: self.index,
+                worker_cpu: self.cpu,
+                incoming_cpu,
+            };
+            writer.write(&entry, &placement);
         }
     }
 
@@ -263,7 +288,18 @@ async fn accept_loop(worker: Rc<Worker>, name: Arc<str>, listener: monoio::net::
         match accepted {
             Ok((stream, peer)) => {
                 // TCP_NODELAY comes from the listening socket (Linux copies it).
-                monoio::spawn(serve_connection(worker.clone(), stream, peer, name.clone()));
+                let fd = stream.as_raw_fd();
+                worker.peers.borrow_mut().insert(peer, fd);
+                let worker = worker.clone();
+                let name = name.clone();
+                monoio::spawn(async move {
+                    serve_connection(worker.clone(), stream, peer, name).await;
+                    // Another connection from the same address may have taken the entry.
+                    let mut peers = worker.peers.borrow_mut();
+                    if peers.get(&peer) == Some(&fd) {
+                        peers.remove(&peer);
+                    }
+                });
             }
             Err(error) => {
                 // Out of descriptors or buffers: back off instead of spinning.
@@ -326,6 +362,7 @@ fn uring_runtime(tuned: bool) -> std::io::Result<monoio::Runtime<monoio::time::T
 /// it got (or why it could not start) through `started`.
 pub(super) fn run(
     index: usize,
+    cpu: Option<usize>,
     io: IoDriver,
     live: Arc<ArcSwap<Snapshot>>,
     sockets: Vec<(Arc<str>, std::net::TcpListener)>,
@@ -342,7 +379,7 @@ pub(super) fn run(
         match uring_runtime(true).or_else(|_| uring_runtime(false)) {
             Ok(mut runtime) => {
                 let _ = started.send(Ok("io_uring"));
-                let worker = Rc::new(Worker::new(index, live));
+                let worker = Rc::new(Worker::new(index, cpu, live));
                 runtime.block_on(worker_main(worker, sockets, commands));
                 return;
             }
@@ -359,7 +396,7 @@ pub(super) fn run(
     {
         Ok(mut runtime) => {
             let _ = started.send(Ok("epoll"));
-            let worker = Rc::new(Worker::new(index, live));
+            let worker = Rc::new(Worker::new(index, cpu, live));
             runtime.block_on(worker_main(worker, sockets, commands));
         }
         Err(error) => {
