@@ -1,0 +1,270 @@
+//! The eBPF loader (gateway/src/ebpf) against the kernel, root only: in a
+//! network namespace of its own with a veth pair, it loads the embedded
+//! object, attaches the guard in native mode, fills the lists, registers a
+//! listener for steering and sees a connection steered; a reload moves the
+//! guard to generic mode and rewrites the lists with the same program ids;
+//! the pinned maps are read back through their pins at every step, survive
+//! the stop, and one that no longer fits the config is recreated.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
+use tollgate::config::{Cidr, EbpfMode, EbpfSettings};
+use tollgate::ebpf::{object::guard_object, Ebpf, ListenerSockets, WorkerCpus};
+use tollgate_ebpf_common::{maps, SteerCounter};
+
+fn run(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace holding `veth0` ↔ `veth1` and `lo`, all up; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create() -> Netns {
+        let netns = Netns(format!("tollgate-loader-{}", std::process::id()));
+        let _ = Command::new("ip").args(["netns", "del", &netns.0]).output();
+        run(Command::new("ip").args(["netns", "add", &netns.0]));
+        run(Command::new("ip").args([
+            "-n", &netns.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+        ]));
+        for dev in ["lo", "veth0", "veth1"] {
+            run(Command::new("ip").args(["-n", &netns.0, "link", "set", dev, "up"]));
+        }
+        netns
+    }
+
+    /// How the kernel reports XDP on `dev`: "xdp" (native), "xdpgeneric", or None.
+    fn xdp_on(&self, dev: &str) -> Option<String> {
+        let shown = run(Command::new("ip").args(["-n", &self.0, "-o", "link", "show", dev]));
+        shown
+            .split_whitespace()
+            .find(|word| word.starts_with("xdp"))
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The pin directory of this test, removed on drop (the pins with it).
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cidrs(list: &[&str]) -> Vec<Cidr> {
+    list.iter().map(|text| text.parse().unwrap()).collect()
+}
+
+/// The prefixes a pinned trie holds, read through its pin.
+fn pinned_list(dir: &Path, name: &str) -> BTreeSet<String> {
+    let data = MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("opening the pinned {name}: {e}"));
+    let trie: LpmTrie<MapData, [u8; 16], u8> = LpmTrie::try_from(Map::LpmTrie(data)).expect("an LPM trie");
+    trie.keys()
+        .map(|key| {
+            let key = key.expect("reading a key");
+            let addr = std::net::Ipv6Addr::from(key.data());
+            match addr.to_ipv4_mapped() {
+                Some(v4) => format!("{v4}/{}", key.prefix_len() - 96),
+                None => format!("{addr}/{}", key.prefix_len()),
+            }
+        })
+        .collect()
+}
+
+fn set(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Connections the pinned STEER_COUNTERS say were steered, over all CPUs.
+fn steered(dir: &Path) -> u64 {
+    let data = MapData::from_pin(dir.join(maps::STEER_COUNTERS)).expect("opening STEER_COUNTERS");
+    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data)).expect("a per-CPU array");
+    counters
+        .get(&(SteerCounter::Steered as u32), 0)
+        .expect("reading STEER_COUNTERS")
+        .iter()
+        .sum()
+}
+
+/// `workers` reuseport sockets on one loopback port.
+fn listener_sockets(workers: usize) -> (SocketAddr, Vec<TcpListener>) {
+    let first = tollgate::listener::bind_reuseport("127.0.0.1:0".parse().unwrap(), 128).expect("binding");
+    let address = first.local_addr().unwrap();
+    let mut sockets = vec![first];
+    for _ in 1..workers {
+        sockets.push(tollgate::listener::bind_reuseport(address, 128).expect("binding the group"));
+    }
+    (address, sockets)
+}
+
+#[test]
+fn loader_attaches_syncs_reloads_and_keeps_pins() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "loading eBPF programs needs root (CI runs tests as root)"
+    );
+    let netns = Netns::create();
+    let pins = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/tollgate-loader-test-{}",
+        std::process::id()
+    )));
+    let namespace = File::open(Path::new("/run/netns").join(&netns.0)).expect("opening the namespace");
+    // The body runs in a thread of its own that enters the namespace; the
+    // test's own thread stays where it was.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the namespace");
+                body(&netns, &pins.0);
+            })
+            .join()
+            .expect("the test body panicked");
+    });
+}
+
+fn body(netns: &Netns, pin_dir: &Path) {
+    let cpus: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, usize::from).min(4)).collect();
+    let mut settings = EbpfSettings {
+        mode: EbpfMode::Native,
+        interfaces: vec!["veth0".into()],
+        pin_path: pin_dir.to_path_buf(),
+        blocklist: cidrs(&["192.0.2.0/24", "2001:db8::/32"]),
+        allowlist: cidrs(&["198.51.100.7"]),
+        ..EbpfSettings::default()
+    };
+    let (address, sockets) = listener_sockets(cpus.len());
+    let listeners = [ListenerSockets {
+        name: "http",
+        address,
+        sockets: &sockets,
+    }];
+    let workers = WorkerCpus {
+        cpus: cpus.clone(),
+        pinned: true,
+    };
+    let mut ebpf = Ebpf::start(guard_object(), &settings, workers.clone(), &listeners).expect("eBPF starts as root");
+
+    // Native on the veth, lists as configured, steering on.
+    assert_eq!(ebpf.attached(), vec![("veth0".to_string(), "native")]);
+    assert_eq!(
+        netns.xdp_on("veth0").as_deref(),
+        Some("xdp"),
+        "native XDP per the kernel"
+    );
+    assert_eq!(netns.xdp_on("veth1"), None);
+    assert_eq!(
+        pinned_list(pin_dir, maps::BLOCKLIST),
+        set(&["192.0.2.0/24", "2001:db8::/32"])
+    );
+    assert_eq!(pinned_list(pin_dir, maps::ALLOWLIST), set(&["198.51.100.7/32"]));
+    assert_eq!(ebpf.steering(), Ok(()));
+    let ids = ebpf.program_ids();
+    assert!(ids.0.is_some() && ids.1.is_some(), "both programs loaded: {ids:?}");
+
+    // A connection to the registered listener is steered by the program.
+    // connect() returns after the handshake, so the SYN's selection is counted by then.
+    let before = steered(pin_dir);
+    let mut connections = Vec::new();
+    while steered(pin_dir) == before {
+        assert!(connections.len() < 50, "50 connections, none steered");
+        connections.push(TcpStream::connect(address).expect("connecting to the listener"));
+    }
+    let metrics = tollgate::ebpf::metrics();
+    assert!(metrics.guard_active && metrics.steering_active, "{metrics:?}");
+    let steer = metrics.steer.expect("steering counters are read");
+    assert!(steer[SteerCounter::Steered as usize].1 > before, "{steer:?}");
+
+    // Reload: generic mode, other lists, rate limits; the programs stay.
+    settings.mode = EbpfMode::Generic;
+    settings.blocklist = cidrs(&["10.0.0.0/8", "2001:db8::/32", "203.0.113.9"]);
+    settings.allowlist = Vec::new();
+    settings.rate_limit.syn_per_second = 50;
+    settings.rate_limit.syn_burst = 50;
+    ebpf.apply(&settings);
+    assert_eq!(ebpf.attached(), vec![("veth0".to_string(), "generic")]);
+    assert_eq!(netns.xdp_on("veth0").as_deref(), Some("xdpgeneric"));
+    assert_eq!(
+        pinned_list(pin_dir, maps::BLOCKLIST),
+        set(&["10.0.0.0/8", "2001:db8::/32", "203.0.113.9/32"])
+    );
+    assert!(pinned_list(pin_dir, maps::ALLOWLIST).is_empty());
+    assert_eq!(ebpf.program_ids(), ids, "a reload keeps the loaded programs");
+
+    // Another interface, then none: attach and detach follow the config.
+    settings.interfaces = vec!["veth0".into(), "veth1".into()];
+    ebpf.apply(&settings);
+    assert_eq!(netns.xdp_on("veth1").as_deref(), Some("xdpgeneric"));
+    settings.interfaces.clear();
+    ebpf.apply(&settings);
+    assert_eq!((netns.xdp_on("veth0"), netns.xdp_on("veth1")), (None, None));
+    assert!(!tollgate::ebpf::metrics().guard_active);
+    settings.interfaces = vec!["veth0".into()];
+    ebpf.apply(&settings);
+    assert_eq!(netns.xdp_on("veth0").as_deref(), Some("xdpgeneric"));
+
+    // Stop: detached, programs gone, pins kept.
+    ebpf.stop();
+    assert_eq!(netns.xdp_on("veth0"), None, "stop detaches the guard");
+    assert!(
+        tollgate::ebpf::metrics().steer.is_none(),
+        "the scraper let go of the maps"
+    );
+    for name in [
+        maps::BLOCKLIST,
+        maps::ALLOWLIST,
+        maps::SOURCES,
+        maps::GUARD_COUNTERS,
+        maps::STEER_COUNTERS,
+    ] {
+        assert!(pin_dir.join(name).exists(), "{name} stays pinned");
+    }
+    assert_eq!(
+        pinned_list(pin_dir, maps::BLOCKLIST),
+        set(&["10.0.0.0/8", "2001:db8::/32", "203.0.113.9/32"]),
+        "the pinned blocklist outlives the process's programs"
+    );
+
+    // A restart with another tracked_sources finds SOURCES of the old size:
+    // it is unpinned and created again; the counters are reused.
+    let counters_id = MapInfo::from_pin(pin_dir.join(maps::GUARD_COUNTERS)).unwrap().id();
+    settings.tracked_sources = 1024;
+    let (address, sockets) = listener_sockets(cpus.len());
+    let listeners = [ListenerSockets {
+        name: "http",
+        address,
+        sockets: &sockets,
+    }];
+    let again = Ebpf::start(guard_object(), &settings, workers, &listeners).expect("eBPF starts again");
+    let sources = MapInfo::from_pin(pin_dir.join(maps::SOURCES)).expect("SOURCES pinned again");
+    assert_eq!(sources.max_entries(), 1024);
+    assert_eq!(
+        MapInfo::from_pin(pin_dir.join(maps::GUARD_COUNTERS)).unwrap().id(),
+        counters_id,
+        "a compatible pin is reused"
+    );
+    assert_ne!(again.program_ids(), ids, "starting again loads new programs");
+    again.stop();
+    drop(connections);
+}
