@@ -129,8 +129,12 @@ mod ebpf_object {
     /// Keeps the outer build's settings away from the nested one: the outer
     /// cargo exports its compiler, wrappers (clippy-driver, sccache), flags
     /// (cargo-fuzz's sanitizers), target, profile and toolchain to build
-    /// scripts, and each of them would break a `bpfel` build. Cargo's home,
-    /// network and registry settings pass through.
+    /// scripts, and each of them would break a `bpfel` build. The build-script
+    /// variables (HOST, TARGET, ...) go too: the nested cargo fingerprints
+    /// them for aya-ebpf's build scripts, and any difference from
+    /// `cargo xtask build`'s environment would make each rebuild the other's
+    /// object. Cargo's home, network and registry settings pass through.
+    /// xtask/src/build.rs strips the same set.
     fn isolate(cmd: &mut Command) {
         const KEEP: [&str; 5] = [
             "CARGO_HOME",
@@ -139,13 +143,21 @@ mod ebpf_object {
             "CARGO_REGISTRIES_",
             "CARGO_REGISTRY_",
         ];
+        const BUILD_SCRIPT: [&str; 9] = [
+            "RUSTFLAGS",
+            "RUSTUP_TOOLCHAIN",
+            "HOST",
+            "TARGET",
+            "OUT_DIR",
+            "OPT_LEVEL",
+            "PROFILE",
+            "DEBUG",
+            "NUM_JOBS",
+        ];
         for (name, _) in std::env::vars_os() {
             let Some(name) = name.to_str() else { continue };
             let outer = name.starts_with("CARGO") || name.starts_with("RUSTC") || name.starts_with("RUSTDOC");
-            if (outer && !KEEP.iter().any(|keep| name.starts_with(keep)))
-                || name == "RUSTFLAGS"
-                || name == "RUSTUP_TOOLCHAIN"
-            {
+            if (outer && !KEEP.iter().any(|keep| name.starts_with(keep))) || BUILD_SCRIPT.contains(&name) {
                 cmd.env_remove(name);
             }
         }

@@ -3,6 +3,7 @@
 //! lives in its own module.
 
 mod bench;
+mod build;
 mod cmd;
 mod fuzz;
 mod plugins;
@@ -27,6 +28,12 @@ struct Cli {
 enum Task {
     /// Install what the project needs (apt packages, toolchains, cargo tools); idempotent.
     Setup,
+    /// Build the eBPF programs (ebpf/programs), then every binary of the workspace.
+    Build {
+        /// Release binaries (target/release) instead of debug ones.
+        #[arg(long)]
+        release: bool,
+    },
     /// Setup, then format check, build, every test, clippy and a bounded fuzz run.
     Test,
     /// Build the release gateway and run it in the foreground with the embedded default config.
@@ -57,6 +64,7 @@ enum Task {
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Build { release } => build::run(release),
         Task::Test => test::run(),
         Task::Run => run::run(),
         Task::Plugins => plugins::run(),

@@ -96,20 +96,21 @@ pub fn run() -> Result<()> {
 fn fmt() -> Result<()> {
     let root = cmd::repo_root();
     cmd::run(cmd::cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
-    // The fuzz crate is its own workspace, so `--all` does not reach it.
-    cmd::run(
-        cmd::cargo()
-            .current_dir(&root)
-            .args(["fmt", "--check", "--manifest-path", "gateway/fuzz/Cargo.toml"]),
-    )
+    // The fuzz crate and the eBPF programs are workspaces of their own, so
+    // `--all` reaches neither.
+    for manifest in ["gateway/fuzz/Cargo.toml", "ebpf/programs/Cargo.toml"] {
+        cmd::run(
+            cmd::cargo()
+                .current_dir(&root)
+                .args(["fmt", "--check", "--manifest-path", manifest]),
+        )?;
+    }
+    Ok(())
 }
 
+/// The eBPF programs, with their build output visible, then every binary.
 fn build() -> Result<()> {
-    cmd::run(
-        cmd::cargo()
-            .current_dir(cmd::repo_root())
-            .args(["build", "--workspace", "--bins"]),
-    )
+    crate::build::run(false)
 }
 
 fn test() -> Result<()> {
@@ -124,7 +125,8 @@ fn clippy() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    crate::build::ebpf_clippy()
 }
 
 fn fuzz_all() -> Result<()> {
