@@ -25,8 +25,7 @@ use aya::EbpfLoader;
 use tollgate_ebpf_common::{maps, programs};
 
 use crate::config::{EbpfMode, EbpfSettings};
-pub use guard::{diff_list, ListChanges};
-pub use stats::{metrics, EbpfMetrics, TOP_SOURCES};
+pub use stats::{metrics, EbpfMetrics};
 pub use sys::incoming_cpu;
 
 /// The ending of the one line logged when eBPF cannot be used at all.
@@ -316,12 +315,13 @@ impl Ebpf {
         }
         match &self.steering {
             Ok(steering) => {
-                let _ = write!(
-                    text,
-                    "; steering on ({} listeners, {} CPUs)",
-                    steering.listeners(),
-                    steer::workers_by_cpu(&self.workers.cpus).len()
-                );
+                let cpus = steer::workers_by_cpu(&self.workers.cpus).len();
+                let _ = write!(text, "; steering on ({} listeners, {cpus} CPUs)", steering.listeners());
+                let sharing = self.workers.cpus.len() - cpus;
+                if sharing > 0 {
+                    // One socket per CPU and listener can be selected.
+                    let _ = write!(text, " ({sharing} workers share a CPU and get only unsteered connections)");
+                }
             }
             Err(reason) => {
                 let _ = write!(text, "; steering off ({reason})");
