@@ -320,7 +320,10 @@ impl Ebpf {
                 let sharing = self.workers.cpus.len() - cpus;
                 if sharing > 0 {
                     // One socket per CPU and listener can be selected.
-                    let _ = write!(text, " ({sharing} workers share a CPU and get only unsteered connections)");
+                    let _ = write!(
+                        text,
+                        " ({sharing} workers share a CPU and get only unsteered connections)"
+                    );
                 }
             }
             Err(reason) => {
