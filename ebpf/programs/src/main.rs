@@ -98,14 +98,16 @@ enum Parsed {
 #[xdp]
 pub fn tollgate_guard(ctx: XdpContext) -> u32 {
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    let (action, counter) = guard(&ctx, &frame);
+    // The whole frame (fragments included): `data_end - data` would subtract
+    // packet pointers, which programs loaded without CAP_PERFMON may not.
     // SAFETY: the helper only reads the context the kernel passed in.
     let bytes = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    let (action, counter) = guard(&frame, bytes);
     count_guard(counter, bytes);
     action
 }
 
-fn guard(ctx: &XdpContext, frame: &Frame) -> (u32, GuardCounter) {
+fn guard(frame: &Frame, frame_bytes: u64) -> (u32, GuardCounter) {
     let packet = match parse(frame) {
         Parsed::Ip(packet) => packet,
         Parsed::NotIp => return (xdp_action::XDP_PASS, GuardCounter::NotIp),
@@ -119,8 +121,6 @@ fn guard(ctx: &XdpContext, frame: &Frame) -> (u32, GuardCounter) {
         return (xdp_action::XDP_DROP, GuardCounter::Blocklisted);
     }
     let config = GUARD_CONFIG.get(0).copied().unwrap_or_default();
-    // SAFETY: the helper has no arguments.
-    let frame_bytes = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
     if let Some(limited) = rate_limit(&config, &packet, frame_bytes) {
         return (xdp_action::XDP_DROP, limited);
     }
