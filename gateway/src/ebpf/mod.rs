@@ -311,6 +311,10 @@ impl Ebpf {
             (Ok(()), true) => text.push_str("no xdp guard (no interface accepted it)"),
             (Ok(()), false) => {
                 let _ = write!(text, "xdp guard on {}", attached.join(", "));
+                if self.applied.cpu_redirect {
+                    let cpus = guard::redirect_targets(&self.workers.cpus).len();
+                    let _ = write!(text, " with cpu redirect over {cpus} CPUs");
+                }
             }
         }
         match &self.steering {
