@@ -69,19 +69,27 @@ impl Drop for PrivateBpffs {
     }
 }
 
-/// Loads an object from bytes; maps declared pinned go under `pins`. A
+/// Loads an object from bytes; maps declared pinned go under `pins` (an
+/// object without pinned maps, like the traffic generator, needs none). A
 /// `CPU_MAP` (the guard's) is sized to the possible CPUs, as the gateway
 /// does: the kernel refuses one larger than its NR_CPUS.
-pub fn load(object: &[u8], pins: &Path) -> Result<Ebpf, aya::EbpfError> {
+pub fn load(object: &[u8], pins: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {
     let cpus = aya::util::nr_cpus().map_err(|(path, error)| aya::EbpfError::FileError {
         path: PathBuf::from(path),
         error,
     })?;
-    EbpfLoader::new()
-        .default_map_pin_directory(pins)
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        loader.default_map_pin_directory(pins);
+    }
+    loader
         .map_max_entries(tollgate_ebpf_common::maps::CPU_MAP, cpus as u32)
         .load(object)
 }
+
+/// The traffic generator object (`trafficgen_tx`, `trafficgen_syn`) the
+/// gateway's build script built; never embedded in the gateway.
+pub const TRAFFICGEN_OBJECT: &str = env!("TOLLGATE_TRAFFICGEN_OBJECT");
 
 /// The XDP program `name` of `ebpf`, loaded into the kernel (verifier run).
 pub fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp, String> {
@@ -234,52 +242,102 @@ impl FloodReport {
     }
 }
 
-/// How long one unpaced live-frames syscall should run. Every call with
-/// `repeat` > 1 swaps the program into the kernel's XDP dispatcher and back
-/// out, which takes tens of milliseconds (mostly waiting for RCU), so calls
-/// must be long for that to vanish; short enough to keep the duration bound.
-const CALL_TIME: Duration = Duration::from_millis(250);
-/// A paced flood sends one burst of rate × this per period, then sleeps.
-const PACE_PERIOD: Duration = Duration::from_millis(100);
+/// How long one unpaced live-frames syscall runs: long enough to amortise
+/// the syscall, short enough to keep the duration bound closely.
+const CALL_TIME: Duration = Duration::from_millis(50);
+/// A paced flood sends one burst of rate × this per period, then sleeps:
+/// short, so the bursts stay small against a veth's 256-frame ring.
+const PACE_PERIOD: Duration = Duration::from_millis(1);
 /// The first unpaced call's size, before the rate is known.
 const FIRST_CHUNK: u32 = 65_536;
 
-/// Sends copies of `frame` out of `ifindex` with the generator `program`
-/// (e.g. trafficgen's `trafficgen_tx`) from the calling thread, which must be
-/// in the interface's namespace (see `Netns::run`/`spawn`), until
-/// `limit.duration` has passed (plus at most one call). Unpaced, each call
-/// is sized from the previous one to last about `CALL_TIME`; paced, each
-/// period's frames go in one call and the thread sleeps for the rest.
-pub fn flood(program: &Xdp, frame: &[u8], ifindex: u32, limit: FloodLimit) -> io::Result<FloodReport> {
-    let start = Instant::now();
-    let mut frames = 0u64;
-    let mut chunk = match limit.rate {
-        Some(rate) => (rate as f64 * PACE_PERIOD.as_secs_f64()).clamp(1.0, f64::from(u32::MAX)) as u32,
-        None => FIRST_CHUNK,
-    };
-    while start.elapsed() < limit.duration {
-        let call = Instant::now();
-        run_live(program, frame, ifindex, chunk)?;
-        frames += u64::from(chunk);
-        match limit.rate {
-            None => {
-                let per_second = f64::from(chunk) / call.elapsed().as_secs_f64().max(1e-6);
-                chunk =
-                    (per_second * CALL_TIME.as_secs_f64()).clamp(f64::from(FIRST_CHUNK), f64::from(u32::MAX)) as u32;
-            }
-            Some(rate) => {
-                let due = Duration::from_secs_f64(frames as f64 / rate as f64);
-                let left = limit.duration.saturating_sub(start.elapsed());
-                if let Some(wait) = due.checked_sub(start.elapsed()) {
-                    std::thread::sleep(wait.min(left));
+/// A live-frames traffic generator: one program of the trafficgen object
+/// (e.g. `trafficgen_tx`, `trafficgen_syn`), kept in the kernel's XDP
+/// dispatcher for its whole life. A live-frames run otherwise adds the
+/// program to the dispatcher and removes it again, each an RCU wait of tens
+/// of milliseconds, which would make short (smoothly paced) calls
+/// impossible; so the generator attaches the program in driver mode to a
+/// veth pair of its own, which carries no traffic and is deleted on drop.
+///
+/// Create and use it on a thread inside the network namespace of the
+/// interface it sends from (see `Netns::run`/`spawn`).
+pub struct Generator {
+    ebpf: Ebpf,
+    program: String,
+    anchor: String,
+}
+
+impl Generator {
+    pub fn new(object: &[u8], program: &str) -> io::Result<Generator> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let anchor = format!(
+            "tgen{}a{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let peer = format!("{anchor}p");
+        // `ip` forked from this thread runs in this thread's namespace.
+        run(Command::new("ip").args(["link", "add", &anchor, "type", "veth", "peer", "name", &peer]))?;
+        let mut generator = Generator {
+            ebpf: load(object, None).map_err(|e| io::Error::other(chain(&e)))?,
+            program: program.to_owned(),
+            anchor,
+        };
+        let xdp = xdp(&mut generator.ebpf, program).map_err(io::Error::other)?;
+        xdp.attach(&generator.anchor, aya::programs::XdpMode::Driver)
+            .map_err(|e| io::Error::other(format!("attaching {program} to {}: {}", generator.anchor, chain(&e))))?;
+        Ok(generator)
+    }
+
+    fn program(&self) -> &Xdp {
+        let program = self.ebpf.program(&self.program).expect("loaded in new");
+        program.try_into().expect("an XDP program (checked in new)")
+    }
+
+    /// Sends copies of `frame` out of `ifindex` until `limit.duration` has
+    /// passed (plus at most one call). Unpaced, each call is sized from the
+    /// previous one to last about `CALL_TIME`; paced, each millisecond's
+    /// frames go in one call and the thread sleeps until the next is due.
+    pub fn flood(&self, frame: &[u8], ifindex: u32, limit: FloodLimit) -> io::Result<FloodReport> {
+        let program = self.program();
+        let start = Instant::now();
+        let mut frames = 0u64;
+        let mut chunk = match limit.rate {
+            Some(rate) => (rate as f64 * PACE_PERIOD.as_secs_f64()).clamp(1.0, f64::from(u32::MAX)) as u32,
+            None => FIRST_CHUNK,
+        };
+        while start.elapsed() < limit.duration {
+            let call = Instant::now();
+            run_live(program, frame, ifindex, chunk)?;
+            frames += u64::from(chunk);
+            match limit.rate {
+                None => {
+                    let per_second = f64::from(chunk) / call.elapsed().as_secs_f64().max(1e-6);
+                    chunk = (per_second * CALL_TIME.as_secs_f64()).clamp(1.0, f64::from(u32::MAX)) as u32;
+                }
+                Some(rate) => {
+                    let due = Duration::from_secs_f64(frames as f64 / rate as f64);
+                    let left = limit.duration.saturating_sub(start.elapsed());
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait.min(left));
+                    }
                 }
             }
         }
+        Ok(FloodReport {
+            frames,
+            elapsed: start.elapsed(),
+        })
     }
-    Ok(FloodReport {
-        frames,
-        elapsed: start.elapsed(),
-    })
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        // Deleting one end deletes the pair and detaches the program.
+        if let Err(e) = run(Command::new("ip").args(["link", "del", &self.anchor])) {
+            eprintln!("ip link del {}: {e}", self.anchor);
+        }
+    }
 }
 
 /// Pins the calling thread to `cpu`.
@@ -302,8 +360,15 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// The index of interface `dev` in namespace `ns`.
-pub fn ifindex(ns: &Netns, dev: &str) -> io::Result<u32> {
+/// Interface `dev` of namespace `ns` as a frame sender needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+/// The index and MAC address of interface `dev` in namespace `ns`.
+pub fn link(ns: &Netns, dev: &str) -> io::Result<Link> {
     let out = ns.command("ip").args(["-j", "link", "show", "dev", dev]).output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
@@ -313,10 +378,20 @@ pub fn ifindex(ns: &Netns, dev: &str) -> io::Result<u32> {
         )));
     }
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
-    links[0]["ifindex"]
+    let bad = || io::Error::other(format!("no ifindex or MAC for {dev} in {links}"));
+    let ifindex = links[0]["ifindex"]
         .as_u64()
         .and_then(|i| u32::try_from(i).ok())
-        .ok_or_else(|| io::Error::other(format!("no ifindex for {dev} in {links}")))
+        .ok_or_else(bad)?;
+    let octets: Vec<u8> = links[0]["address"]
+        .as_str()
+        .ok_or_else(bad)?
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let mac = octets.try_into().map_err(|_| bad())?;
+    Ok(Link { ifindex, mac })
 }
 
 /// `GUARD_COUNTERS` summed over CPUs, indexed by `GuardCounter`.
@@ -461,6 +536,13 @@ pub mod frame {
             _ => panic!("pseudo header for mixed families {src} → {dst}"),
         }
         sum16(0, &bytes)
+    }
+
+    /// Sets a frame's destination and source MAC addresses (a stack only
+    /// takes frames addressed to its interface).
+    pub fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+        frame[..6].copy_from_slice(&dst);
+        frame[6..12].copy_from_slice(&src);
     }
 
     /// An Ethernet II frame; `tags` are (TPID, VLAN id) pairs, outermost first.

@@ -37,7 +37,7 @@ impl Guard {
             "the XDP packet tests load BPF programs and need root (CI runs them as root)"
         );
         let pins = PrivateBpffs::mount().expect("mount a private bpffs");
-        let mut ebpf = bpf::load(tollgate::ebpf::object::guard_object(), pins.path())
+        let mut ebpf = bpf::load(tollgate::ebpf::object::guard_object(), Some(pins.path()))
             .unwrap_or_else(|e| panic!("loading the guard object: {}", bpf::chain(&e)));
         bpf::xdp(&mut ebpf, programs::GUARD).unwrap_or_else(|e| panic!("{e}"));
         Guard { ebpf, _pins: pins }

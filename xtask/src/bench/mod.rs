@@ -11,6 +11,7 @@ mod procs;
 mod proxy;
 mod tls;
 mod wrk;
+mod xdp;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -32,6 +33,9 @@ pub enum Which {
     /// proxy-wasm plugins on one worker (none, header-rewrite AOT/interpreter, five AOT, CPU-heavy AOT vs
     /// interpreter) and the VM budget at 255 workers: instances and RSS.
     Plugins,
+    /// XDP guard vs an nftables netdev-ingress rule dropping a flood (packets/s), and legit requests under a
+    /// SYN flood with and without the guard, in a namespace pair (root).
+    Xdp,
 }
 
 pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<()> {
@@ -40,6 +44,13 @@ pub fn run(which: Which, quick: bool, proxy_cpu_percent: Option<u32>) -> Result<
         Which::Tls => tls::run(quick, proxy_cpu_percent),
         Which::Config => config::run(quick),
         Which::Plugins => plugins::run(quick, proxy_cpu_percent),
+        Which::Xdp => {
+            anyhow::ensure!(
+                proxy_cpu_percent.is_none(),
+                "bench xdp measures packet rates on whole CPUs: --proxy-cpu-percent does not apply"
+            );
+            xdp::run(quick)
+        }
     }
 }
 
