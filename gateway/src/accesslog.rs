@@ -38,6 +38,8 @@ pub struct AccessEntry<'a> {
     pub upstream_time: Option<Duration>,
     pub total_time: Duration,
     pub request_id: &'a str,
+    /// The CPU that received the connection's packets (`SO_INCOMING_CPU`).
+    pub incoming_cpu: Option<u32>,
 }
 
 /// Where a request ran, added to its line by the worker.
@@ -46,8 +48,6 @@ pub struct Placement {
     pub worker: usize,
     /// The CPU the worker is pinned to; None when unpinned.
     pub worker_cpu: Option<usize>,
-    /// The CPU that received the connection's packets (`SO_INCOMING_CPU`).
-    pub incoming_cpu: Option<u32>,
 }
 
 /// The JSON shape of a line.
@@ -141,7 +141,7 @@ impl AccessLogWriter {
             request_id: entry.request_id,
             worker: placement.worker,
             worker_cpu: placement.worker_cpu,
-            incoming_cpu: placement.incoming_cpu,
+            incoming_cpu: entry.incoming_cpu,
         };
         let start = self.buffer.len();
         if serde_json::to_writer(&mut self.buffer, &line).is_err() {
@@ -237,7 +237,6 @@ mod tests {
     const PLACED: Placement = Placement {
         worker: 3,
         worker_cpu: Some(5),
-        incoming_cpu: Some(5),
     };
 
     fn entry(request_id: &str) -> AccessEntry<'_> {
@@ -253,6 +252,7 @@ mod tests {
             upstream_time: Some(Duration::from_micros(2_500)),
             total_time: Duration::from_micros(3_125),
             request_id,
+            incoming_cpu: Some(5),
         }
     }
 
@@ -265,12 +265,12 @@ mod tests {
         local.upstream = None;
         local.upstream_time = None;
         local.status = 404;
+        local.incoming_cpu = None;
         log.write(
             &local,
             &Placement {
                 worker: 0,
                 worker_cpu: None,
-                incoming_cpu: None,
             },
         );
         assert!(file.lines().is_empty(), "buffered until flush");

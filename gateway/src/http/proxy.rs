@@ -4,6 +4,7 @@
 //! buffer and are served in order.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +31,9 @@ pub struct ClientConn {
     pub peer: SocketAddr,
     /// The address the client connected to.
     pub local: Option<SocketAddr>,
+    /// The client's socket (inside `stream`, which keeps it open), for socket
+    /// options read while the connection is served.
+    pub fd: RawFd,
     /// Bytes received and not consumed yet: body bytes, pipelined requests.
     pub buf: Vec<u8>,
     /// Scratch for what is written to either side.
@@ -73,6 +77,7 @@ enum NextHead {
 pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, listener: Arc<str>) {
     let tracker = worker.track_connection(&stream);
     let local = stream.local_addr().ok();
+    let fd = stream.as_raw_fd();
     let listener_tls = worker.snapshot().listener_tls.get(&*listener).cloned();
     let stream = match listener_tls {
         None => ClientStream::Plain(stream),
@@ -97,6 +102,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
         stream,
         peer,
         local,
+        fd,
         buf: Vec::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(READ_CHUNK),
         upstream_buf: Vec::with_capacity(READ_CHUNK),
@@ -259,6 +265,8 @@ async fn serve_request(
         upstream_time: result.upstream_time,
         total_time: started.elapsed(),
         request_id,
+        // SAFETY: `conn.stream` owns the socket `conn.fd` and outlives this call.
+        incoming_cpu: unsafe { crate::ebpf::incoming_cpu(conn.fd) },
     });
     match tunnel {
         Some(upstream) => Served::Tunnel(upstream),

@@ -5,7 +5,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -46,9 +45,6 @@ pub struct Worker {
     request_seq: Cell<u64>,
     request_id_prefix: u64,
     listeners: RefCell<HashMap<Arc<str>, ListenerControl>>,
-    /// The client socket of each connection being served, by peer address:
-    /// what an access-log line reads `SO_INCOMING_CPU` from.
-    peers: RefCell<HashMap<SocketAddr, RawFd>>,
     /// The idle-pool size last published to the metrics gauge.
     reported_pool_idle: Cell<i64>,
 }
@@ -110,7 +106,6 @@ impl Worker {
             request_seq: Cell::new(0),
             request_id_prefix: prefix,
             listeners: RefCell::new(HashMap::new()),
-            peers: RefCell::new(HashMap::new()),
             reported_pool_idle: Cell::new(0),
         }
     }
@@ -160,19 +155,11 @@ impl Worker {
             if writer.is_off() {
                 return;
             }
-            let entry = entry();
-            let fd = self.peers.borrow().get(&entry.client).copied();
-            // SAFETY: `peers` holds a connection's descriptor only while
-            // `serve_connection` runs with that connection's stream alive
-            // (removed in the same poll that ends it), and this is called
-            // from within one of those calls, so the descriptor is open.
-            let incoming_cpu = fd.and_then(|fd| unsafe { crate::ebpf::incoming_cpu(fd) });
             let placement = Placement {
                 worker: self.index,
                 worker_cpu: self.cpu,
-                incoming_cpu,
             };
-            writer.write(&entry, &placement);
+            writer.write(&entry(), &placement);
         }
     }
 
@@ -288,18 +275,7 @@ async fn accept_loop(worker: Rc<Worker>, name: Arc<str>, listener: monoio::net::
         match accepted {
             Ok((stream, peer)) => {
                 // TCP_NODELAY comes from the listening socket (Linux copies it).
-                let fd = stream.as_raw_fd();
-                worker.peers.borrow_mut().insert(peer, fd);
-                let worker = worker.clone();
-                let name = name.clone();
-                monoio::spawn(async move {
-                    serve_connection(worker.clone(), stream, peer, name).await;
-                    // Another connection from the same address may have taken the entry.
-                    let mut peers = worker.peers.borrow_mut();
-                    if peers.get(&peer) == Some(&fd) {
-                        peers.remove(&peer);
-                    }
-                });
+                monoio::spawn(serve_connection(worker.clone(), stream, peer, name.clone()));
             }
             Err(error) => {
                 // Out of descriptors or buffers: back off instead of spinning.
