@@ -8,7 +8,11 @@
 //! port, the same one for the same NAME across `start` and `reload`
 //! (`"127.0.0.1:${http}"`).
 //! When the YAML has no top-level `admin:` key the harness adds one on a free
-//! port, so parallel tests never share the default 9901.
+//! port, so parallel tests never share the default 9901. Likewise, without an
+//! `ebpf:` key it adds `ebpf: {pin_path: ...}` with a directory of its own
+//! under /sys/fs/bpf (removed when the gateway is dropped): as root the
+//! gateway loads its eBPF programs by default, and parallel gateways must not
+//! share the default pinned maps.
 //!
 //! With `GatewayOptions::netns` the gateway runs inside that network namespace
 //! (`nsenter --net`, outside any wrapper) and every connection the harness
@@ -19,6 +23,7 @@ use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::{self, request};
@@ -50,6 +55,8 @@ pub struct Gateway {
     listeners: HashMap<String, SocketAddr>,
     admin: SocketAddr,
     netns: Option<Netns>,
+    /// The pin directory the harness chose (configs without `ebpf:`).
+    pin_path: PathBuf,
 }
 
 /// `<target>/debug/tollgate`, found from this test binary's own path
@@ -86,11 +93,32 @@ fn expand_ports(yaml: &str, ports: &mut HashMap<String, u16>) -> String {
     out
 }
 
+/// A bpffs directory no other gateway of this or another test process uses.
+fn unique_pin_path() -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/tge-{}-gw{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// (config text as written, listener name → address, admin address).
-fn prepare(yaml: &str, ports: &mut HashMap<String, u16>) -> (String, HashMap<String, SocketAddr>, SocketAddr) {
+/// `pin_path` is the `ebpf.pin_path` added when the YAML has no `ebpf:`.
+fn prepare(
+    yaml: &str,
+    ports: &mut HashMap<String, u16>,
+    pin_path: &Path,
+) -> (String, HashMap<String, SocketAddr>, SocketAddr) {
     let mut text = expand_ports(yaml, ports);
     let doc: serde_yaml::Value =
         serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("test config is not YAML ({e}):\n{text}"));
+    if doc.get("ebpf").is_none() {
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("ebpf: {{pin_path: \"{}\"}}\n", pin_path.display()));
+    }
     let admin = match doc.get("admin").and_then(|a| a.get("address")).and_then(|a| a.as_str()) {
         Some(a) => a.parse().unwrap_or_else(|e| panic!("admin.address {a:?}: {e}")),
         None => {
@@ -148,7 +176,8 @@ impl Gateway {
             .tempdir()
             .expect("temp dir");
         let mut ports = HashMap::new();
-        let (text, listeners, admin) = prepare(yaml, &mut ports);
+        let pin_path = unique_pin_path();
+        let (text, listeners, admin) = prepare(yaml, &mut ports, &pin_path);
         let config_path = dir.path().join("tollgate.yaml");
         write_atomically(&config_path, &text);
         let stdout = fs::File::create(dir.path().join("stdout.log")).expect("stdout file");
@@ -199,6 +228,7 @@ impl Gateway {
             listeners,
             admin,
             netns: opts.netns.clone(),
+            pin_path,
         }
     }
 
@@ -292,7 +322,7 @@ impl Gateway {
     /// Rewrites the config file with `yaml` (placeholders keep their ports)
     /// and sends SIGHUP. Does not wait for the new config to apply.
     pub fn reload(&mut self, yaml: &str) {
-        let (text, listeners, admin) = prepare(yaml, &mut self.ports);
+        let (text, listeners, admin) = prepare(yaml, &mut self.ports, &self.pin_path);
         write_atomically(&self.config_path, &text);
         self.listeners = listeners;
         self.admin = admin;
@@ -301,7 +331,7 @@ impl Gateway {
 
     /// Rewrites the config file without signalling (file-watch reloads).
     pub fn write_config(&mut self, yaml: &str) {
-        let (text, _, _) = prepare(yaml, &mut self.ports);
+        let (text, _, _) = prepare(yaml, &mut self.ports, &self.pin_path);
         write_atomically(&self.config_path, &text);
     }
 
@@ -398,6 +428,8 @@ impl Drop for Gateway {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Exists only when the gateway loaded its eBPF programs (as root).
+        let _ = fs::remove_dir_all(&self.pin_path);
     }
 }
 
@@ -437,14 +469,16 @@ mod tests {
     #[test]
     fn placeholders_are_stable_and_admin_is_added() {
         let mut ports = HashMap::new();
+        let pin = Path::new("/sys/fs/bpf/t");
         let y = "listeners: [{name: http, address: \"127.0.0.1:${http}\"}]\nx: ${http}";
-        let (text, listeners, admin) = prepare(y, &mut ports);
+        let (text, listeners, admin) = prepare(y, &mut ports, pin);
         let p = ports["http"];
         assert!(text.contains(&format!("x: {p}")));
         assert_eq!(listeners["http"].port(), p);
         assert_eq!(admin.port(), ports["admin"]);
         assert!(text.contains(&format!("admin: {{address: \"127.0.0.1:{}\"}}", ports["admin"])));
-        let (_, l2, a2) = prepare(y, &mut ports);
+        assert!(text.contains("ebpf: {pin_path: \"/sys/fs/bpf/t\"}"), "{text}");
+        let (_, l2, a2) = prepare(y, &mut ports, pin);
         assert_eq!(l2["http"].port(), p);
         assert_eq!(a2, admin);
     }
