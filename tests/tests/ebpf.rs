@@ -7,7 +7,8 @@
 //! allowlist bypass; blocklist changes on reload without reloading the
 //! program; pinned maps surviving a restart; steering (every connection
 //! handled by the worker pinned to the CPU that received it) and its control
-//! case; the fallback when BPF is refused; `tollgate check`'s report.
+//! case; CPU-map redirect in native mode; the fallback when BPF is refused;
+//! `tollgate check`'s report.
 //!
 //! Root only (CI runs them as root): `NetnsPair::new` panics with the reason
 //! otherwise. Every test uses its own namespaces and its own bpffs pin
@@ -741,4 +742,38 @@ fn check_rejects_an_invalid_cidr_with_its_path() {
         text.contains("ebpf.blocklist[1]") && text.contains("10.0.0.0/33"),
         "the error names the field and the value: {text}"
     );
+}
+
+#[test]
+fn cpu_redirect_serves_through_the_cpu_map() {
+    let pair = NetnsPair::new();
+    let pin = PinDir::new("redirect");
+    let gw = start(
+        &pair,
+        &config(&pin, &format!("{}, cpu_redirect: true", guard(&pair, "native"))),
+    );
+    let dst = gw.addr("http");
+    // Requests with a body: TCP segments carrying data must keep valid
+    // checksums through the CPU map (see NetnsPair: tx checksum offload off).
+    let body = vec![b'x'; 64 * 1024];
+    for i in 0..10 {
+        let r = pair.client().run(|| -> io::Result<u16> {
+            let s = pair.connect(CLIENT_V4[i % 2], dst)?;
+            let mut c = Conn::from_stream(s);
+            let req = request("POST", "guard.test", "/", &[("Connection", "close")], Some(&body));
+            Ok(c.exchange(&req)?.status)
+        });
+        match r {
+            Ok(status) => assert_eq!(status, 200),
+            Err(e) => panic!("request {i} through the CPU redirect: {e}; stderr:\n{}", gw.stderr()),
+        }
+    }
+    // At least SYN, ACK, body, FIN and ACK per connection (a frame may carry
+    // several segments' worth of body).
+    let redirected = wait_xdp(&gw, "redirected", 50.0);
+    assert!(
+        redirected >= 50.0,
+        "10 connections went through the CPU map, counted {redirected} redirected packets"
+    );
+    assert_eq!(xdp_packets(&gw, "passed"), 0.0, "packets passed without the redirect");
 }
