@@ -3,7 +3,8 @@
 //! clients (`client`), real redis-server (`Redis`), the built proxy-wasm
 //! plugins (`plugins`), certificates and a rustls client (`tls`), cgroups for
 //! worker sizing, eBPF programs run directly with BPF_PROG_TEST_RUN and the
-//! live-frames traffic generator (`bpf`), and small helpers for metrics and
+//! live-frames traffic generator (`bpf`), network namespaces joined by veth
+//! pairs (`netns`), and small helpers for metrics and
 //! polling. Everything binds 127.0.0.1 on ports allocated at run time (or
 //! lives in namespaces a test creates), so tests run in parallel without
 //! shared state.
