@@ -1,13 +1,16 @@
 //! Driving eBPF programs directly, without the gateway: what the packet tests
 //! and `cargo xtask bench xdp` share. Load an object from bytes with aya (its
-//! pinned maps in a private bpffs mount, so nothing outlives the test), run
+//! pinned maps in a private bpffs mount, so nothing outlives the test); run
 //! an XDP program once on a crafted frame (at least an Ethernet header long)
-//! with BPF_PROG_TEST_RUN and read its verdict, or use it as a traffic generator in live-frames mode
-//! (BPF_F_TEST_XDP_LIVE_FRAMES, kernel ≥ 5.18): the kernel runs the program
-//! on copies of one frame and transmits those it returns XDP_TX for out of
-//! the interface given by `ingress_ifindex`. Also: frame builders (Ethernet,
-//! VLAN, IPv4/IPv6 with options and extension headers, TCP, UDP) with correct
-//! checksums, and the map value wrappers aya needs for the ebpf/common types.
+//! with BPF_PROG_TEST_RUN and read its verdict (`run_once`); or send traffic
+//! with a `Generator`, a trafficgen program run in live-frames mode
+//! (BPF_F_TEST_XDP_LIVE_FRAMES, kernel ≥ 5.18): the kernel runs it on copies
+//! of one frame and transmits those it returns XDP_TX for out of the
+//! interface given by `ingress_ifindex`, which must be in the calling
+//! thread's network namespace. Also: frame builders (Ethernet, VLAN,
+//! IPv4/IPv6 with options and extension headers, TCP, UDP) with correct
+//! checksums, GUARD_COUNTERS summed over CPUs, and the map value wrappers aya
+//! needs for the ebpf/common types.
 //!
 //! aya 0.14 issues BPF_PROG_TEST_RUN itself (`TestRun`), so the `bpf_attr`
 //! layout stays in aya. The unsafe left here is two small things: declaring
@@ -763,5 +766,102 @@ pub mod frame {
             assert_eq!(u16::from_be_bytes([v6[42], v6[43]]) >> 3, 3);
             assert_eq!(ipv6_ext(EXT_AUTH, PROTO_TCP, 0, &[]).len(), (1 + 2) * 4);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::{is_root, NetnsPair, GATEWAY_V4};
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+    /// A source no host of the pair owns: answers to it go nowhere, so the
+    /// gateway's half-open connections stay.
+    const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 66);
+
+    /// The pair with the gateway veth taking XDP frames from its peer (NAPI
+    /// on through GRO), the client veth's index and MAC, and a frame's MACs.
+    fn prepared() -> (NetnsPair, Link, [u8; 6]) {
+        let pair = NetnsPair::new();
+        pair.gateway().exec("ethtool", &["-K", &pair.gateway_if, "gro", "on"]);
+        let client = link(pair.client(), &pair.client_if).expect("client veth");
+        let gateway = link(pair.gateway(), &pair.gateway_if).expect("gateway veth");
+        (pair, client, gateway.mac)
+    }
+
+    fn send(pair: &NetnsPair, program: &'static str, frame: Vec<u8>, ifindex: u32) -> FloodReport {
+        let object = std::fs::read(TRAFFICGEN_OBJECT).expect("the trafficgen object (built with the gateway)");
+        pair.client().run(move || {
+            let generator = Generator::new(&object, program).expect("load the generator");
+            let limit = FloodLimit {
+                duration: Duration::from_millis(200),
+                rate: Some(500),
+            };
+            generator.flood(&frame, ifindex, limit).expect("live frames")
+        })
+    }
+
+    #[test]
+    fn generated_udp_frames_reach_a_socket_with_a_valid_checksum() {
+        if !is_root() {
+            println!("SKIPPED generated_udp_frames_reach_a_socket_with_a_valid_checksum: not root");
+            return;
+        }
+        let (pair, client, gateway_mac) = prepared();
+        let socket = pair
+            .gateway()
+            .run(|| UdpSocket::bind(SocketAddr::from((GATEWAY_V4, 0))).expect("bind in the gateway ns"));
+        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let mut f = frame::udp_frame(SPOOFED.into(), GATEWAY_V4.into(), 40_000, port, b"odd-sized");
+        frame::set_macs(&mut f, gateway_mac, client.mac);
+        let report = send(&pair, "trafficgen_tx", f, client.ifindex);
+        assert!(report.frames >= 50, "{report:?}");
+        let mut buf = [0u8; 64];
+        let (n, from) = socket
+            .recv_from(&mut buf)
+            .expect("a datagram: the kernel drops bad checksums");
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"odd-sized"[..], SocketAddr::from((SPOOFED, 40_000)))
+        );
+    }
+
+    #[test]
+    fn generated_syns_open_half_connections_from_many_ports() {
+        if !is_root() {
+            println!("SKIPPED generated_syns_open_half_connections_from_many_ports: not root");
+            return;
+        }
+        let (pair, client, gateway_mac) = prepared();
+        let listener = pair
+            .gateway()
+            .run(|| std::net::TcpListener::bind(SocketAddr::from((GATEWAY_V4, 0))).expect("bind"));
+        let port = listener.local_addr().unwrap().port();
+        let mut f = frame::syn_frame(SPOOFED.into(), GATEWAY_V4.into(), 40_000, port);
+        frame::set_macs(&mut f, gateway_mac, client.mac);
+        send(&pair, "trafficgen_syn", f, client.ifindex);
+        // /proc/net/tcp rows: "sl local rem st ...", addresses as hex
+        // (little-endian IPv4) with the port; state 03 is SYN_RECV.
+        let spoofed = format!("{:08X}", u32::from_le_bytes(SPOOFED.octets()));
+        let table = pair
+            .gateway()
+            .run(|| std::fs::read_to_string("/proc/thread-self/net/tcp").expect("read the namespace's TCP table"));
+        let ports: std::collections::HashSet<&str> = table
+            .lines()
+            .filter_map(|row| {
+                let fields: Vec<&str> = row.split_whitespace().collect();
+                let (addr, remote_port) = fields.get(2)?.split_once(':')?;
+                (addr == spoofed && fields.get(3) == Some(&"03")).then_some(remote_port)
+            })
+            .collect();
+        // Valid checksums get SYN_RECV entries; random ports make them many
+        // (the listener's queue caps how many stay).
+        assert!(
+            ports.len() > 10,
+            "half-open connections from {} ports:\n{table}",
+            ports.len()
+        );
+        drop(listener);
     }
 }
