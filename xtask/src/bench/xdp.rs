@@ -372,12 +372,7 @@ impl<'a> Bench<'a> {
     /// Frames the client veth handed to the gateway veth so far.
     fn delivered(&self) -> Result<u64> {
         let stats = ns_output(self.pair.client(), "ethtool", &["-S", &self.pair.client_if])?;
-        Ok(stats
-            .lines()
-            .filter_map(|l| l.trim().split_once(": "))
-            .filter(|(k, _)| k.starts_with("tx_queue_") && k.ends_with("_xdp_xmit"))
-            .filter_map(|(_, v)| v.parse::<u64>().ok())
-            .sum())
+        Ok(xdp_xmit_total(&stats))
     }
 
     /// Starts Tollgate in the gateway ns on `listen`, the eBPF section for `side`.
@@ -566,22 +561,53 @@ fn guard_counts() -> Result<GuardCounts> {
 /// (SyncookiesSent, ListenOverflows) of the namespace's TCP.
 fn tcp_ext(ns: &Netns) -> Result<(u64, u64)> {
     let netstat = ns.run(|| fs::read_to_string("/proc/thread-self/net/netstat"))?;
+    Ok((
+        tcp_ext_field(&netstat, "SyncookiesSent")?,
+        tcp_ext_field(&netstat, "ListenOverflows")?,
+    ))
+}
+
+/// A `TcpExt` counter of /proc/net/netstat (a line of names, then one of values).
+fn tcp_ext_field(netstat: &str, name: &str) -> Result<u64> {
     let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
     let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
         bail!("no TcpExt lines in /proc/net/netstat");
     };
-    let field = |name: &str| -> Result<u64> {
-        let at = names
-            .split_whitespace()
-            .position(|n| n == name)
-            .with_context(|| format!("no {name} in TcpExt"))?;
-        values
-            .split_whitespace()
-            .nth(at)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("bad {name} value in TcpExt"))
-    };
-    Ok((field("SyncookiesSent")?, field("ListenOverflows")?))
+    let at = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .with_context(|| format!("no {name} in TcpExt"))?;
+    values
+        .split_whitespace()
+        .nth(at)
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("bad {name} value in TcpExt"))
+}
+
+/// Frames a veth passed to its peer as XDP frames: the sum of its
+/// `tx_queue_<n>_xdp_xmit` in `ethtool -S` (not the `_errors` ones).
+fn xdp_xmit_total(stats: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("tx_queue_") && k.ends_with("_xdp_xmit"))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// The packet count of the one counter in `nft -j list table` output.
+fn nft_counter(json: &str) -> Result<u64> {
+    let value: serde_json::Value = serde_json::from_str(json).context("nft -j output")?;
+    let counters: Vec<u64> = value["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|expr| expr["counter"]["packets"].as_u64())
+        .collect();
+    ensure!(counters.len() == 1, "expected one counter in {json}");
+    Ok(counters[0])
 }
 
 /// The nftables comparison: a netdev-family table whose ingress chain on the
@@ -615,18 +641,11 @@ impl<'a> NftRule<'a> {
     }
 
     fn packets(&self) -> Result<u64> {
-        let json = ns_output(self.ns, "nft", &["-j", "list", "table", "netdev", NFT_TABLE])?;
-        let value: serde_json::Value = serde_json::from_str(&json).context("nft -j output")?;
-        let counters: Vec<u64> = value["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|item| item["rule"]["expr"].as_array())
-            .flatten()
-            .filter_map(|expr| expr["counter"]["packets"].as_u64())
-            .collect();
-        ensure!(counters.len() == 1, "expected one counter in {json}");
-        Ok(counters[0])
+        nft_counter(&ns_output(
+            self.ns,
+            "nft",
+            &["-j", "list", "table", "netdev", NFT_TABLE],
+        )?)
     }
 }
 
@@ -705,4 +724,32 @@ fn ns_output(ns: &Netns, program: &str, args: &[&str]) -> Result<String> {
 
 fn ns_run(ns: &Netns, program: &str, args: &[&str]) -> Result<()> {
     cmd::run(ns.command(program).args(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_rule_counter_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "netdev", "name": "tollgate_bench", "handle": 1}}, {"chain": {"family": "netdev", "table": "tollgate_bench", "name": "ingress", "handle": 1, "type": "filter", "hook": "ingress", "prio": -500, "policy": "accept"}}, {"rule": {"family": "netdev", "table": "tollgate_bench", "chain": "ingress", "handle": 2, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.200.0.66"}}, {"counter": {"packets": 4242, "bytes": 195132}}, {"drop": null}]}}]}"#;
+        assert_eq!(nft_counter(json).unwrap(), 4242);
+        assert!(nft_counter(r#"{"nftables": []}"#).is_err());
+    }
+
+    #[test]
+    fn sums_xdp_xmit_over_queues_without_the_errors() {
+        let stats = "NIC statistics:\n     peer_ifindex: 2\n     rx_queue_0_xdp_packets: 7\n     \
+                     tx_queue_0_xdp_xmit: 100\n     tx_queue_0_xdp_xmit_errors: 5\n     tx_queue_1_xdp_xmit: 20\n";
+        assert_eq!(xdp_xmit_total(stats), 120);
+    }
+
+    #[test]
+    fn reads_tcp_ext_counters_by_name() {
+        let netstat = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows\nTcpExt: 17 3 2\n\
+                       IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(tcp_ext_field(netstat, "SyncookiesSent").unwrap(), 17);
+        assert_eq!(tcp_ext_field(netstat, "ListenOverflows").unwrap(), 2);
+        assert!(tcp_ext_field(netstat, "Nope").is_err());
+    }
 }
