@@ -9,13 +9,14 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap};
+use aya::maps::{Array, CpuMap, HashMap};
 use aya::programs::Xdp;
 use aya::Ebpf;
 use tollgate_e2e::bpf::frame::{self, Ipv4, ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ, ETH_VLAN, PROTO_TCP, TCP_ACK};
 use tollgate_e2e::bpf::{self, GuardCounts, Plain, PrivateBpffs, Verdict};
 use tollgate_ebpf_common::{
-    ipv4_mapped, maps, programs, Addr, Bucket, GuardConfig, GuardCounter, SourceState, IPV4_MAPPED_PREFIX_BITS,
+    ipv4_mapped, maps, programs, Addr, Bucket, GuardConfig, GuardCounter, SourceState, GUARD_CPU_REDIRECT,
+    IPV4_MAPPED_PREFIX_BITS,
 };
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -521,4 +522,23 @@ fn a_source_refills_its_syn_bucket_at_its_rate() {
     guard.expect(&syn4(), GuardCounter::SynRate);
     std::thread::sleep(std::time::Duration::from_millis(120));
     guard.expect(&syn4(), GuardCounter::Passed);
+}
+
+#[test]
+fn passed_packets_go_to_a_redirect_cpu_when_the_redirect_is_on() {
+    let mut guard = Guard::new();
+    guard.configure(GuardConfig {
+        flags: GUARD_CPU_REDIRECT,
+        redirect_cpus: 1,
+        ..GuardConfig::default()
+    });
+    // REDIRECT_CPUS[0] is CPU 0, whose CPU_MAP entry is still empty: the
+    // redirect fails and the packet passes here.
+    guard.expect(&syn4(), GuardCounter::Passed);
+    let mut cpus: CpuMap<_> = CpuMap::try_from(guard.ebpf.map_mut(maps::CPU_MAP).expect("CPU_MAP")).expect("CPU map");
+    cpus.set(0, 256, None, 0).expect("CPU_MAP[0]");
+    assert_eq!(guard.run(&syn4()), (Verdict::Redirect, GuardCounter::Redirected));
+    // Dropping still comes first.
+    guard.block(SRC4, 32);
+    guard.expect(&syn4(), GuardCounter::Blocklisted);
 }
