@@ -226,8 +226,14 @@ fn parse_ipv6(frame: &Frame, l3: usize) -> Parsed {
         }
         at += len;
     }
-    // A longer chain than the guard walks: judged on addresses and rate alone.
-    with_l4(frame, src, dst, next, None)
+    match next {
+        // A longer chain than the guard walks: judged on addresses and rate alone.
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT | IPPROTO_NONE => {
+            with_l4(frame, src, dst, next, None)
+        }
+        // The chain ended with the last header walked: the L4 header follows it.
+        proto => with_l4(frame, src, dst, proto, Some(at)),
+    }
 }
 
 /// The packet with its L4 facts, read from the header at `l4` when there is one.
