@@ -23,7 +23,7 @@ fn main() {
             let root = Path::new(&manifest_dir)
                 .parent()
                 .expect("tests/ lives inside the repository");
-            root.join("target/ebpf/bpfel-unknown-none/release/tollgate-trafficgen")
+            tollgate_ebpf_build::built(root, tollgate_ebpf_build::TRAFFICGEN_BIN)
                 .display()
                 .to_string()
         }

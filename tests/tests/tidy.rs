@@ -43,6 +43,7 @@ fn every_rust_file_opens_with_a_module_header() {
         "plugins",
         "gateway/tests",
         "ebpf/common/src",
+        "ebpf/build/src",
         "ebpf/programs/src",
     ] {
         rust_files(&root.join(dir), &mut files);
