@@ -4,16 +4,19 @@
 //! BLOCKLIST/ALLOWLIST/GUARD_CONFIG with the ebpf/common types, and checks
 //! the verdict and that exactly one GUARD_COUNTERS slot counted the frame
 //! (one packet, its length in bytes). The expected outcomes are those of the
-//! contract in notes/ebpf-interface.md. Root only (loading BPF programs).
+//! contract in notes/ebpf-interface.md. First, the object as a whole: its
+//! maps and pins, both programs through the verifier, and the guard attached
+//! to a veth of a harness namespace. Root only (loading BPF programs).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, CpuMap, HashMap};
-use aya::programs::Xdp;
+use aya::programs::{SkReuseport, Xdp, XdpMode};
 use aya::Ebpf;
 use tollgate_e2e::bpf::frame::{self, Ipv4, ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ, ETH_VLAN, PROTO_TCP, TCP_ACK};
 use tollgate_e2e::bpf::{self, GuardCounts, Plain, PrivateBpffs, Verdict};
+use tollgate_e2e::netns::NetnsPair;
 use tollgate_ebpf_common::{
     ipv4_mapped, maps, programs, Addr, Bucket, GuardConfig, GuardCounter, SourceState, GUARD_CPU_REDIRECT,
     IPV4_MAPPED_PREFIX_BITS,
@@ -28,7 +31,7 @@ const DST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
 /// bpffs mount of its own (dropped after the object).
 struct Guard {
     ebpf: Ebpf,
-    _pins: PrivateBpffs,
+    pins: PrivateBpffs,
 }
 
 impl Guard {
@@ -41,7 +44,7 @@ impl Guard {
         let mut ebpf = bpf::load(tollgate::ebpf::object::guard_object(), Some(pins.path()))
             .unwrap_or_else(|e| panic!("loading the guard object: {}", bpf::chain(&e)));
         bpf::xdp(&mut ebpf, programs::GUARD).unwrap_or_else(|e| panic!("{e}"));
-        Guard { ebpf, _pins: pins }
+        Guard { ebpf, pins }
     }
 
     fn program(&self) -> &Xdp {
@@ -192,6 +195,58 @@ fn assert_no_l4(frame: &[u8]) {
     guard.configure(syn_limit(1));
     guard.expect(frame, GuardCounter::Passed);
     guard.expect(frame, GuardCounter::Passed);
+}
+
+/// Every map of the object, and whether it pins it by name.
+const MAPS: [(&str, bool); 10] = [
+    (maps::BLOCKLIST, true),
+    (maps::ALLOWLIST, true),
+    (maps::GUARD_CONFIG, false),
+    (maps::SOURCES, true),
+    (maps::GUARD_COUNTERS, true),
+    (maps::CPU_MAP, false),
+    (maps::REDIRECT_CPUS, false),
+    (maps::STEER_LISTENERS, false),
+    (maps::STEER_SOCKETS, false),
+    (maps::STEER_COUNTERS, true),
+];
+
+/// The embedded object loads with aya, creates every map (pinning the
+/// pinned ones by name, and only those), both programs pass the verifier
+/// (the guard in `Guard::new`), and the guard attaches to a veth in native
+/// and in generic mode.
+#[test]
+fn the_object_has_every_map_and_both_programs_verify_and_the_guard_attaches() {
+    // Declared first, dropped last.
+    let pair = NetnsPair::new();
+    let mut guard = Guard::new();
+    for (name, pinned) in MAPS {
+        assert!(guard.ebpf.map(name).is_some(), "map {name} is missing from the object");
+        assert_eq!(guard.pins.path().join(name).exists(), pinned, "pinning of map {name}");
+    }
+    let steer: &mut SkReuseport = guard
+        .ebpf
+        .program_mut(programs::STEER)
+        .expect("the steering program is in the object")
+        .try_into()
+        .expect("the steering program is SK_REUSEPORT");
+    steer
+        .load()
+        .unwrap_or_else(|e| panic!("the steering program fails the verifier: {}", bpf::chain(&e)));
+    let program: &mut Xdp = guard
+        .ebpf
+        .program_mut(programs::GUARD)
+        .expect("the guard is in the object")
+        .try_into()
+        .expect("the guard is XDP");
+    pair.gateway().run(|| {
+        for mode in [XdpMode::Driver, XdpMode::Skb] {
+            let link = program
+                .attach(&pair.gateway_if, mode)
+                .unwrap_or_else(|e| panic!("attaching the guard in {mode:?} mode: {}", bpf::chain(&e)));
+            program.detach(link).expect("detaching the guard");
+        }
+    });
 }
 
 /// The guard's "shorter than an Ethernet header" branch cannot be run here:

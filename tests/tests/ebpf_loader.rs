@@ -1,75 +1,36 @@
-//! The eBPF loader (gateway/src/ebpf) against the kernel, root only: in a
-//! network namespace of its own with a veth pair, it loads the embedded
-//! object, attaches the guard in native mode, fills the lists, registers a
-//! listener for steering and sees a connection steered; a reload moves the
-//! guard to generic mode and rewrites the lists with the same program ids;
-//! the pinned maps are read back through their pins at every step, survive
-//! the stop, and one that no longer fits the config is recreated.
+//! The eBPF loader (gateway/src/ebpf) against the kernel, root only: in the
+//! gateway namespace of a harness `NetnsPair`, it loads the embedded object,
+//! attaches the guard in native mode to the pair's veth, fills the lists,
+//! registers a listener for steering and sees a connection steered; a reload
+//! moves the guard to generic mode, onto a second interface (`lo`) and off
+//! again, and rewrites the lists with the same program ids; the pinned maps
+//! (in a private bpffs) are read back through their pins at every step,
+//! survive the stop, and one that no longer fits the config is recreated.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use tollgate::config::{Cidr, EbpfMode, EbpfSettings};
 use tollgate::ebpf::{object::guard_object, Ebpf, ListenerSockets, WorkerCpus};
+use tollgate_e2e::bpf::PrivateBpffs;
+use tollgate_e2e::netns::{Netns, NetnsPair};
 use tollgate_ebpf_common::{maps, SteerCounter};
 
-fn run(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+/// The second interface the guard is moved onto: the namespace's own
+/// loopback, which takes XDP in generic mode.
+const SECOND_IF: &str = "lo";
 
-/// A network namespace holding `veth0` ↔ `veth1` and `lo`, all up; deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create() -> Netns {
-        let netns = Netns(format!("tollgate-loader-{}", std::process::id()));
-        let _ = Command::new("ip").args(["netns", "del", &netns.0]).output();
-        run(Command::new("ip").args(["netns", "add", &netns.0]));
-        run(Command::new("ip").args([
-            "-n", &netns.0, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
-        ]));
-        for dev in ["lo", "veth0", "veth1"] {
-            run(Command::new("ip").args(["-n", &netns.0, "link", "set", dev, "up"]));
-        }
-        netns
-    }
-
-    /// How the kernel reports XDP on `dev`: "xdp" (native), "xdpgeneric", or None.
-    fn xdp_on(&self, dev: &str) -> Option<String> {
-        let shown = run(Command::new("ip").args(["-n", &self.0, "-o", "link", "show", dev]));
-        shown
-            .split_whitespace()
-            .find(|word| word.starts_with("xdp"))
-            .map(str::to_owned)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The pin directory of this test, removed on drop (the pins with it).
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// How the kernel reports XDP on `dev` in `netns`: "xdp" (native),
+/// "xdpgeneric", or None.
+fn xdp_on(netns: &Netns, dev: &str) -> Option<String> {
+    let shown = netns.exec("ip", &["-o", "link", "show", "dev", dev]);
+    shown
+        .split_whitespace()
+        .find(|word| word.starts_with("xdp"))
+        .map(str::to_owned)
 }
 
 fn cidrs(list: &[&str]) -> Vec<Cidr> {
@@ -120,35 +81,20 @@ fn listener_sockets(workers: usize) -> (SocketAddr, Vec<TcpListener>) {
 
 #[test]
 fn loader_attaches_syncs_reloads_and_keeps_pins() {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "loading eBPF programs needs root (CI runs tests as root)"
-    );
-    let netns = Netns::create();
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/tollgate-loader-test-{}",
-        std::process::id()
-    )));
-    let namespace = File::open(Path::new("/run/netns").join(&netns.0)).expect("opening the namespace");
-    // The body runs in a thread of its own that enters the namespace; the
-    // test's own thread stays where it was.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the namespace");
-                body(&netns, &pins.0);
-            })
-            .join()
-            .expect("the test body panicked");
-    });
+    // Declared first, dropped last: after the pins and everything in it.
+    let pair = NetnsPair::new();
+    let pins = PrivateBpffs::mount().expect("mounting a private bpffs");
+    // A directory below the mount: the loader creates it, as it does its
+    // configured pin_path.
+    let pin_dir = pins.path().join("tollgate");
+    pair.gateway().run(|| body(pair.gateway(), &pair.gateway_if, &pin_dir));
 }
 
-fn body(netns: &Netns, pin_dir: &Path) {
+fn body(netns: &Netns, veth: &str, pin_dir: &Path) {
     let cpus: Vec<usize> = (0..std::thread::available_parallelism().map_or(1, usize::from).min(4)).collect();
     let mut settings = EbpfSettings {
         mode: EbpfMode::Native,
-        interfaces: vec!["veth0".into()],
+        interfaces: vec![veth.into()],
         pin_path: pin_dir.to_path_buf(),
         blocklist: cidrs(&["192.0.2.0/24", "2001:db8::/32"]),
         allowlist: cidrs(&["198.51.100.7"]),
@@ -167,13 +113,9 @@ fn body(netns: &Netns, pin_dir: &Path) {
     let mut ebpf = Ebpf::start(guard_object(), &settings, workers.clone(), &listeners).expect("eBPF starts as root");
 
     // Native on the veth, lists as configured, steering on.
-    assert_eq!(ebpf.attached(), vec![("veth0".to_string(), "native")]);
-    assert_eq!(
-        netns.xdp_on("veth0").as_deref(),
-        Some("xdp"),
-        "native XDP per the kernel"
-    );
-    assert_eq!(netns.xdp_on("veth1"), None);
+    assert_eq!(ebpf.attached(), vec![(veth.to_string(), "native")]);
+    assert_eq!(xdp_on(netns, veth).as_deref(), Some("xdp"), "native XDP per the kernel");
+    assert_eq!(xdp_on(netns, SECOND_IF), None);
     assert_eq!(
         pinned_list(pin_dir, maps::BLOCKLIST),
         set(&["192.0.2.0/24", "2001:db8::/32"])
@@ -203,8 +145,8 @@ fn body(netns: &Netns, pin_dir: &Path) {
     settings.rate_limit.syn_per_second = 50;
     settings.rate_limit.syn_burst = 50;
     ebpf.apply(&settings);
-    assert_eq!(ebpf.attached(), vec![("veth0".to_string(), "generic")]);
-    assert_eq!(netns.xdp_on("veth0").as_deref(), Some("xdpgeneric"));
+    assert_eq!(ebpf.attached(), vec![(veth.to_string(), "generic")]);
+    assert_eq!(xdp_on(netns, veth).as_deref(), Some("xdpgeneric"));
     assert_eq!(
         pinned_list(pin_dir, maps::BLOCKLIST),
         set(&["10.0.0.0/8", "2001:db8::/32", "203.0.113.9/32"])
@@ -213,20 +155,20 @@ fn body(netns: &Netns, pin_dir: &Path) {
     assert_eq!(ebpf.program_ids(), ids, "a reload keeps the loaded programs");
 
     // Another interface, then none: attach and detach follow the config.
-    settings.interfaces = vec!["veth0".into(), "veth1".into()];
+    settings.interfaces = vec![veth.into(), SECOND_IF.into()];
     ebpf.apply(&settings);
-    assert_eq!(netns.xdp_on("veth1").as_deref(), Some("xdpgeneric"));
+    assert_eq!(xdp_on(netns, SECOND_IF).as_deref(), Some("xdpgeneric"));
     settings.interfaces.clear();
     ebpf.apply(&settings);
-    assert_eq!((netns.xdp_on("veth0"), netns.xdp_on("veth1")), (None, None));
+    assert_eq!((xdp_on(netns, veth), xdp_on(netns, SECOND_IF)), (None, None));
     assert!(!tollgate::ebpf::metrics().guard_active);
-    settings.interfaces = vec!["veth0".into()];
+    settings.interfaces = vec![veth.into()];
     ebpf.apply(&settings);
-    assert_eq!(netns.xdp_on("veth0").as_deref(), Some("xdpgeneric"));
+    assert_eq!(xdp_on(netns, veth).as_deref(), Some("xdpgeneric"));
 
     // Stop: detached, programs gone, pins kept.
     ebpf.stop();
-    assert_eq!(netns.xdp_on("veth0"), None, "stop detaches the guard");
+    assert_eq!(xdp_on(netns, veth), None, "stop detaches the guard");
     assert!(
         tollgate::ebpf::metrics().steer.is_none(),
         "the scraper let go of the maps"
