@@ -1,6 +1,6 @@
 //! nginx as a bench peer: the main block, temp paths, the reverse-proxy config and the 12-byte
-//! upstream every bench shares, started pinned (and optionally capped) like
-//! the gateway it is compared with.
+//! upstream every bench shares, started pinned (and optionally capped, or inside a namespace
+//! through a command prefix) like the gateway it is compared with.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +22,8 @@ pub(super) fn require() -> Result<()> {
     Ok(())
 }
 
+/// Starts nginx on `conf` as bench process `name`, pinned to `cpu` (and in
+/// `cgroup`), and waits until it listens on `addr`.
 pub(super) fn start_nginx(
     procs: &mut Procs,
     name: &str,
@@ -30,18 +32,36 @@ pub(super) fn start_nginx(
     addr: SocketAddr,
     cgroup: Option<&Path>,
 ) -> Result<()> {
+    spawn_nginx(procs, name, cpu, conf, &[], cgroup)?;
+    procs.wait_listening(name, addr)
+}
+
+/// Writes `conf` to `<name>.conf` in the scratch directory and starts nginx
+/// on it as bench process `name`, pinned to `cpu` (and in `cgroup`), run by
+/// `prefix` when it is not empty: the words of a command that runs the rest,
+/// e.g. `Netns::nsenter_words` for nginx inside a namespace. Returns without
+/// waiting, so a caller can wait where the listen address is reachable.
+pub(super) fn spawn_nginx(
+    procs: &mut Procs,
+    name: &str,
+    cpu: u32,
+    conf: &str,
+    prefix: &[String],
+    cgroup: Option<&Path>,
+) -> Result<()> {
     let dir = procs.dir().to_path_buf();
     let conf_path = dir.join(format!("{name}.conf"));
     write(&conf_path, conf)?;
     let error_log = dir.join(format!("{name}.error.log"));
-    let args = [
+    let mut words: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    words.extend([
+        NGINX,
         "-e",
         error_log.to_str().context("non-UTF-8 path")?,
         "-c",
         conf_path.to_str().context("non-UTF-8 path")?,
-    ];
-    procs.spawn(name, cpu, Path::new(NGINX), &args, cgroup)?;
-    procs.wait_listening(name, addr)
+    ]);
+    procs.spawn(name, cpu, Path::new(words[0]), &words[1..], cgroup)
 }
 
 /// Settings every nginx instance shares: foreground, one worker, every path in

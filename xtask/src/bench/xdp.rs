@@ -712,21 +712,10 @@ fn spawn_in(procs: &mut Procs, ns: &Netns, name: &str, cpu: u32, words: &[&str])
 }
 
 /// The bench's nginx upstream (`upstream_conf`, pinned to the load CPU) on
-/// `addr` in `ns`.
+/// `addr` in `ns`, started from this thread for the reason `spawn_in` gives.
 fn start_upstream(procs: &mut Procs, ns: &Netns, addr: SocketAddr) -> Result<()> {
-    let dir = procs.dir().to_path_buf();
-    let conf = dir.join("upstream.conf");
-    write(&conf, &upstream_conf(&dir, addr))?;
-    let error_log = dir.join("upstream.error.log");
-    // By name: nsenter finds it on PATH (`nginx::require` checked it is installed).
-    let words = [
-        "nginx",
-        "-e",
-        error_log.to_str().context("non-UTF-8 path")?,
-        "-c",
-        conf.to_str().context("non-UTF-8 path")?,
-    ];
-    spawn_in(procs, ns, "upstream", LOAD_CPU, &words)?;
+    let conf = upstream_conf(procs.dir(), addr);
+    nginx::spawn_nginx(procs, "upstream", LOAD_CPU, &conf, &ns.nsenter_words(), None)?;
     ns.run(|| procs.wait_listening("upstream", addr))
 }
 
