@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, CpuMap, HashMap};
-use aya::programs::{SkReuseport, Xdp, XdpMode};
+use aya::programs::{Program, Xdp, XdpMode};
 use aya::Ebpf;
 use tollgate_e2e::bpf::frame::{self, Ipv4, ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ, ETH_VLAN, PROTO_TCP, TCP_ACK};
 use tollgate_e2e::bpf::{self, GuardCounts, Plain, PrivateBpffs, Verdict};
@@ -224,21 +224,15 @@ fn the_object_has_every_map_and_both_programs_verify_and_the_guard_attaches() {
         assert!(guard.ebpf.map(name).is_some(), "map {name} is missing from the object");
         assert_eq!(guard.pins.path().join(name).exists(), pinned, "pinning of map {name}");
     }
-    let steer: &mut SkReuseport = guard
-        .ebpf
-        .program_mut(programs::STEER)
-        .expect("the steering program is in the object")
-        .try_into()
-        .expect("the steering program is SK_REUSEPORT");
+    let Some(Program::SkReuseport(steer)) = guard.ebpf.program_mut(programs::STEER) else {
+        panic!("the object has no SK_REUSEPORT program {}", programs::STEER);
+    };
     steer
         .load()
         .unwrap_or_else(|e| panic!("the steering program fails the verifier: {}", bpf::chain(&e)));
-    let program: &mut Xdp = guard
-        .ebpf
-        .program_mut(programs::GUARD)
-        .expect("the guard is in the object")
-        .try_into()
-        .expect("the guard is XDP");
+    let Some(Program::Xdp(program)) = guard.ebpf.program_mut(programs::GUARD) else {
+        panic!("the object has no XDP program {}", programs::GUARD);
+    };
     pair.gateway().run(|| {
         for mode in [XdpMode::Driver, XdpMode::Skb] {
             let link = program
