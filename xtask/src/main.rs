@@ -36,7 +36,7 @@ enum Task {
     },
     /// Setup, then format check, build, every test, clippy and a bounded fuzz run.
     Test,
-    /// Build the release gateway and run it in the foreground with the embedded default config.
+    /// Setup, then build the release gateway and run it in the foreground with the embedded default config.
     Run,
     /// Build every plugin under plugins/ to target/plugins/<name>.wasm and .aot.
     Plugins,

@@ -1,5 +1,8 @@
-//! `cargo xtask run`: builds the release gateway and runs it in the foreground
-//! with the default config embedded in the binary (image/config/default.yaml).
+//! `cargo xtask run`: installs what the build needs (`cargo xtask setup`, a
+//! one-line no-op on a ready machine: the gateway embeds eBPF programs built
+//! with nightly and bpf-linker), builds the release gateway and runs it in the
+//! foreground with the default config embedded in the binary
+//! (image/config/default.yaml).
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -14,6 +17,7 @@ const ADMIN: &str = "127.0.0.1:9901";
 
 pub fn run() -> Result<()> {
     let root = cmd::repo_root();
+    crate::setup::run()?;
     let binary = cmd::build_release_gateway()?;
     let port = LISTENER.rsplit_once(':').map_or("8080", |(_, port)| port);
     println!("Tollgate on {LISTENER}: http://127.0.0.1:{port}/  admin: http://{ADMIN}/metrics  (Ctrl-C stops)");
