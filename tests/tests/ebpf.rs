@@ -244,6 +244,12 @@ fn blocklisted_source_dropped_while_others_served(mode: &str, expect_mode: u64) 
     );
     let bytes = metrics::sum(&text, "tollgate_xdp_bytes_total", &[("reason", "blocklist")]).unwrap_or(0.0);
     assert!(bytes >= 2.0 * 54.0, "dropped bytes counted: {bytes}");
+    // Both listeners (an IPv4 and an IPv6 address) are known to the steering
+    // program: their keys, read from the listening socket, match the ones
+    // the gateway registered, so all three served connections were steered.
+    let steer = |result| metrics::sum(&text, "tollgate_steer_connections_total", &[("result", result)]).unwrap_or(0.0);
+    assert_eq!(steer("unknown_listener"), 0.0, "a listener key did not match:\n{text}");
+    assert!(steer("steered") >= 3.0, "IPv4 and IPv6 connections steered:\n{text}");
 }
 
 #[test]
