@@ -3,6 +3,7 @@
 //! round again while keep-alive allows. Pipelined requests wait in the read
 //! buffer and are served in order.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
@@ -33,13 +34,31 @@ pub struct ClientConn {
     pub local: Option<SocketAddr>,
     /// The client's socket (inside `stream`, which keeps it open), for socket
     /// options read while the connection is served.
-    pub fd: RawFd,
+    fd: RawFd,
+    /// `SO_INCOMING_CPU`, read at the first access-log line (see `incoming_cpu`).
+    incoming_cpu: Cell<Option<Option<u32>>>,
     /// Bytes received and not consumed yet: body bytes, pipelined requests.
     pub buf: Vec<u8>,
     /// Scratch for what is written to either side.
     pub out: Vec<u8>,
     /// Bytes read from the upstream of the current exchange.
     pub upstream_buf: Vec<u8>,
+}
+
+impl ClientConn {
+    /// The CPU that received the connection's packets. Read once per
+    /// connection, not per request: a flow stays on one receive queue, and
+    /// the access log of a keep-alive connection should not cost a syscall
+    /// per line.
+    fn incoming_cpu(&self) -> Option<u32> {
+        if let Some(known) = self.incoming_cpu.get() {
+            return known;
+        }
+        // SAFETY: `self.stream` owns the socket `self.fd` and lives as long as `self`.
+        let cpu = unsafe { crate::ebpf::incoming_cpu(self.fd) };
+        self.incoming_cpu.set(Some(cpu));
+        cpu
+    }
 }
 
 /// What one request needs while it is being served.
@@ -103,6 +122,7 @@ pub async fn serve_connection(worker: Rc<Worker>, stream: TcpStream, peer: Socke
         peer,
         local,
         fd,
+        incoming_cpu: Cell::new(None),
         buf: Vec::with_capacity(READ_CHUNK),
         out: Vec::with_capacity(READ_CHUNK),
         upstream_buf: Vec::with_capacity(READ_CHUNK),
@@ -265,8 +285,7 @@ async fn serve_request(
         upstream_time: result.upstream_time,
         total_time: started.elapsed(),
         request_id,
-        // SAFETY: `conn.stream` owns the socket `conn.fd` and outlives this call.
-        incoming_cpu: unsafe { crate::ebpf::incoming_cpu(conn.fd) },
+        incoming_cpu: conn.incoming_cpu(),
     });
     match tunnel {
         Some(upstream) => Served::Tunnel(upstream),
