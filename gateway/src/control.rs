@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, AdminState};
 use crate::config::{self, EbpfMode, Snapshot, WorkersSetting};
-use crate::ebpf::{self, Ebpf, ListenerSockets, WorkerCpus};
+use crate::ebpf::{self, Ebpf, WorkerCpus};
 use crate::listener::{self, sizing, BoundListener, WorkerCommand, WorkerHandle};
 use crate::upstream::{self, Cluster};
 
@@ -61,14 +61,11 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     crate::plugin::spawn_housekeeping(live.clone()).context("starting the plugin housekeeping thread")?;
     let cpus: Vec<usize> = (0..plan.count).map(|i| plan.cpus[i % plan.cpus.len()]).collect();
     let bound = listener::bind_listeners(&live.load().listeners, cpus.len())?;
-    let ebpf = {
-        let sockets: Vec<ListenerSockets<'_>> = bound.iter().map(listener_sockets).collect();
-        let workers = WorkerCpus {
-            cpus: cpus.clone(),
-            pinned: runtime.pin_workers,
-        };
-        Ebpf::start(ebpf::object::guard_object(), &live.load().ebpf, workers, &sockets)
+    let workers = WorkerCpus {
+        cpus: cpus.clone(),
+        pinned: runtime.pin_workers,
     };
+    let ebpf = Ebpf::start(ebpf::object::guard_object(), &live.load().ebpf, workers, &bound);
     let workers = listener::spawn_workers(&cpus, runtime.pin_workers, runtime.io, live.clone(), bound)?;
     for listener in &live.load().listeners {
         tracing::info!(listener = %listener.name, address = %listener.address, workers = workers.len(), "listening");
@@ -105,14 +102,6 @@ struct Control {
     admin: Arc<AdminState>,
     /// None when eBPF is off or was refused at start.
     ebpf: Option<Ebpf>,
-}
-
-fn listener_sockets(bound: &BoundListener) -> ListenerSockets<'_> {
-    ListenerSockets {
-        name: &bound.name,
-        address: bound.address,
-        sockets: &bound.sockets,
-    }
 }
 
 impl Control {
@@ -198,7 +187,7 @@ impl Control {
                     ebpf.unregister_listener(name, *address);
                 }
                 for bound in &added {
-                    ebpf.register_listener(&bound.name, bound.address, &bound.sockets);
+                    ebpf.register_listener(bound);
                 }
                 ebpf.apply(&snapshot.ebpf);
             }

@@ -8,13 +8,14 @@
 //! survive the stop, and one that no longer fits the config is recreated.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 
 use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use tollgate::config::{Cidr, EbpfMode, EbpfSettings};
-use tollgate::ebpf::{object::guard_object, Ebpf, ListenerSockets, WorkerCpus};
+use tollgate::ebpf::{object::guard_object, Ebpf, WorkerCpus};
+use tollgate::listener::BoundListener;
 use tollgate_e2e::bpf::PrivateBpffs;
 use tollgate_e2e::netns::{Netns, NetnsPair};
 use tollgate_ebpf_common::{maps, SteerCounter};
@@ -69,14 +70,18 @@ fn steered(dir: &Path) -> u64 {
 }
 
 /// `workers` reuseport sockets on one loopback port.
-fn listener_sockets(workers: usize) -> (SocketAddr, Vec<TcpListener>) {
+fn listener_sockets(workers: usize) -> BoundListener {
     let first = tollgate::listener::bind_reuseport("127.0.0.1:0".parse().unwrap(), 128).expect("binding");
     let address = first.local_addr().unwrap();
     let mut sockets = vec![first];
     for _ in 1..workers {
         sockets.push(tollgate::listener::bind_reuseport(address, 128).expect("binding the group"));
     }
-    (address, sockets)
+    BoundListener {
+        name: "http".into(),
+        address,
+        sockets,
+    }
 }
 
 #[test]
@@ -100,12 +105,7 @@ fn body(netns: &Netns, veth: &str, pin_dir: &Path) {
         allowlist: cidrs(&["198.51.100.7"]),
         ..EbpfSettings::default()
     };
-    let (address, sockets) = listener_sockets(cpus.len());
-    let listeners = [ListenerSockets {
-        name: "http",
-        address,
-        sockets: &sockets,
-    }];
+    let listeners = [listener_sockets(cpus.len())];
     let workers = WorkerCpus {
         cpus: cpus.clone(),
         pinned: true,
@@ -131,7 +131,7 @@ fn body(netns: &Netns, veth: &str, pin_dir: &Path) {
     let mut connections = Vec::new();
     while steered(pin_dir) == before {
         assert!(connections.len() < 50, "50 connections, none steered");
-        connections.push(TcpStream::connect(address).expect("connecting to the listener"));
+        connections.push(TcpStream::connect(listeners[0].address).expect("connecting to the listener"));
     }
     let metrics = tollgate::ebpf::metrics();
     assert!(metrics.guard_active && metrics.steering_active, "{metrics:?}");
@@ -192,12 +192,7 @@ fn body(netns: &Netns, veth: &str, pin_dir: &Path) {
     // it is unpinned and created again; the counters are reused.
     let counters_id = MapInfo::from_pin(pin_dir.join(maps::GUARD_COUNTERS)).unwrap().id();
     settings.tracked_sources = 1024;
-    let (address, sockets) = listener_sockets(cpus.len());
-    let listeners = [ListenerSockets {
-        name: "http",
-        address,
-        sockets: &sockets,
-    }];
+    let listeners = [listener_sockets(cpus.len())];
     let again = Ebpf::start(guard_object(), &settings, workers, &listeners).expect("eBPF starts again");
     let sources = MapInfo::from_pin(pin_dir.join(maps::SOURCES)).expect("SOURCES pinned again");
     assert_eq!(sources.max_entries(), 1024);

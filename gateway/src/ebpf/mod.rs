@@ -16,7 +16,7 @@ mod steer;
 mod sys;
 
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Map, MapError};
@@ -25,6 +25,7 @@ use aya::EbpfLoader;
 use tollgate_ebpf_common::{maps, programs};
 
 use crate::config::{EbpfMode, EbpfSettings};
+use crate::listener::BoundListener;
 pub use stats::{metrics, EbpfMetrics};
 pub use sys::incoming_cpu;
 
@@ -38,13 +39,6 @@ const MAX_REASON: usize = 600;
 pub struct WorkerCpus {
     pub cpus: Vec<usize>,
     pub pinned: bool,
-}
-
-/// One listener's sockets, `sockets[w]` bound for worker w.
-pub struct ListenerSockets<'a> {
-    pub name: &'a str,
-    pub address: SocketAddr,
-    pub sockets: &'a [TcpListener],
 }
 
 /// An error and its sources on one line.
@@ -216,7 +210,7 @@ impl Ebpf {
         object: &[u8],
         settings: &EbpfSettings,
         workers: WorkerCpus,
-        listeners: &[ListenerSockets<'_>],
+        listeners: &[BoundListener],
     ) -> Option<Ebpf> {
         stats::set_active(false, false);
         if settings.mode == EbpfMode::Off {
@@ -235,7 +229,7 @@ impl Ebpf {
         }
         if ebpf.steering.is_ok() {
             for listener in listeners {
-                ebpf.register_listener(listener.name, listener.address, listener.sockets);
+                ebpf.register_listener(listener);
             }
         }
         ebpf.publish_active();
@@ -375,7 +369,8 @@ impl Ebpf {
 
     /// Registers a listener for steering (start, or added by a reload).
     /// A failure turns steering off for good, logged once.
-    pub fn register_listener(&mut self, name: &str, address: SocketAddr, sockets: &[TcpListener]) {
+    pub fn register_listener(&mut self, listener: &BoundListener) {
+        let BoundListener { name, address, sockets } = listener;
         let Ok(steering) = &mut self.steering else {
             return;
         };
@@ -386,7 +381,7 @@ impl Ebpf {
         else {
             return;
         };
-        if let Err(reason) = steering.register(program, name, address, sockets) {
+        if let Err(reason) = steering.register(program, name, *address, sockets) {
             steering.unregister_all();
             let reason = format!("registering listener {name} ({address}): {reason}");
             tracing::warn!("ebpf: steering off: {reason}");
