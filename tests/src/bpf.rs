@@ -9,12 +9,11 @@
 //! interface given by `ingress_ifindex`, which must be in the calling
 //! thread's network namespace. Also: frame builders (Ethernet, VLAN,
 //! IPv4/IPv6 with options and extension headers, TCP, UDP) with correct
-//! checksums, GUARD_COUNTERS summed over CPUs, and the map value wrappers aya
-//! needs for the ebpf/common types.
+//! checksums, and GUARD_COUNTERS summed over CPUs.
 //!
 //! aya 0.14 issues BPF_PROG_TEST_RUN itself (`TestRun`), so the `bpf_attr`
-//! layout stays in aya. The unsafe left here is two small things: declaring
-//! the ebpf/common map types plain data for aya (`Pod`), and pinning the
+//! layout stays in aya, and the ebpf/common map types are plain data for aya
+//! through that crate's `aya` feature. The unsafe left here is pinning the
 //! calling thread to one CPU (sched_setaffinity).
 
 use std::fmt;
@@ -26,24 +25,9 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, PerCpuArray};
 use aya::programs::Xdp;
 use aya::{Ebpf, EbpfLoader, TestRun, TestRunAttrs, TestRunOptions};
-use tollgate_ebpf_common::{Count, GuardConfig, GuardCounter, SourceState, GUARD_COUNTERS_LEN};
+use tollgate_ebpf_common::{Count, GuardCounter, GUARD_COUNTERS_LEN};
 
 use crate::netns::Netns;
-
-/// An ebpf/common map value as aya reads and writes it.
-#[repr(transparent)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Plain<T>(pub T);
-
-// SAFETY: `Pod` lets aya copy these values to and from kernel byte buffers.
-// Each type is `#[repr(C)]`, made only of integers, with no implicit padding
-// (ebpf/common asserts the sizes), so every byte pattern is a valid value
-// and no uninitialised byte reaches the kernel.
-unsafe impl aya::Pod for Plain<GuardConfig> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<SourceState> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<Count> {}
 
 /// A bpffs instance mounted on a fresh temp directory: a place to pin an
 /// object's maps that no other test or gateway sees, unmounted (and the pins
@@ -406,7 +390,7 @@ impl GuardCounts {
         let map = ebpf
             .map(tollgate_ebpf_common::maps::GUARD_COUNTERS)
             .ok_or("the object has no GUARD_COUNTERS map")?;
-        let counters = PerCpuArray::<_, Plain<Count>>::try_from(map).map_err(|e| chain(&e))?;
+        let counters = PerCpuArray::<_, Count>::try_from(map).map_err(|e| chain(&e))?;
         Self::sum(&counters)
     }
 
@@ -414,17 +398,17 @@ impl GuardCounts {
     pub fn read_pinned(pin_dir: &Path) -> Result<GuardCounts, String> {
         let path: PathBuf = pin_dir.join(tollgate_ebpf_common::maps::GUARD_COUNTERS);
         let data = MapData::from_pin(&path).map_err(|e| format!("{}: {}", path.display(), chain(&e)))?;
-        let counters = PerCpuArray::<_, Plain<Count>>::try_from(aya::maps::Map::PerCpuArray(data))
+        let counters = PerCpuArray::<_, Count>::try_from(aya::maps::Map::PerCpuArray(data))
             .map_err(|e| format!("{}: {}", path.display(), chain(&e)))?;
         Self::sum(&counters)
     }
 
-    fn sum<T: std::borrow::Borrow<MapData>>(counters: &PerCpuArray<T, Plain<Count>>) -> Result<GuardCounts, String> {
+    fn sum<T: std::borrow::Borrow<MapData>>(counters: &PerCpuArray<T, Count>) -> Result<GuardCounts, String> {
         let mut out = [Count::default(); GUARD_COUNTERS_LEN as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             for per_cpu in counters.get(&(i as u32), 0).map_err(|e| chain(&e))?.iter() {
-                slot.packets += per_cpu.0.packets;
-                slot.bytes += per_cpu.0.bytes;
+                slot.packets += per_cpu.packets;
+                slot.bytes += per_cpu.bytes;
             }
         }
         Ok(GuardCounts(out))

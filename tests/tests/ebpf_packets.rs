@@ -15,7 +15,7 @@ use aya::maps::{Array, CpuMap, HashMap};
 use aya::programs::{Program, Xdp, XdpMode};
 use aya::Ebpf;
 use tollgate_e2e::bpf::frame::{self, Ipv4, ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ, ETH_VLAN, PROTO_TCP, TCP_ACK};
-use tollgate_e2e::bpf::{self, GuardCounts, Plain, PrivateBpffs, Verdict};
+use tollgate_e2e::bpf::{self, GuardCounts, PrivateBpffs, Verdict};
 use tollgate_e2e::netns::NetnsPair;
 use tollgate_ebpf_common::{
     ipv4_mapped, maps, programs, Addr, Bucket, GuardConfig, GuardCounter, SourceState, GUARD_CPU_REDIRECT,
@@ -56,9 +56,9 @@ impl Guard {
     }
 
     fn configure(&mut self, config: GuardConfig) {
-        let mut map: Array<_, Plain<GuardConfig>> =
+        let mut map: Array<_, GuardConfig> =
             Array::try_from(self.ebpf.map_mut(maps::GUARD_CONFIG).expect("GUARD_CONFIG")).expect("array");
-        map.set(0, Plain(config), 0).expect("write GUARD_CONFIG");
+        map.set(0, config, 0).expect("write GUARD_CONFIG");
     }
 
     fn list(&mut self, name: &str, addr: IpAddr, prefix_len: u32) {
@@ -115,9 +115,9 @@ impl Guard {
     }
 
     fn source(&self, addr: IpAddr) -> Option<SourceState> {
-        let map: HashMap<_, Addr, Plain<SourceState>> =
+        let map: HashMap<_, Addr, SourceState> =
             HashMap::try_from(self.ebpf.map(maps::SOURCES).expect("SOURCES")).expect("hash map");
-        map.get(&addr_key(addr), 0).ok().map(|s| s.0)
+        map.get(&addr_key(addr), 0).ok()
     }
 }
 

@@ -278,6 +278,18 @@ impl SteerCounter {
 /// Entries of `STEER_COUNTERS`.
 pub const STEER_COUNTERS_LEN: u32 = SteerCounter::ALL.len() as u32;
 
+// SAFETY: each type is `#[repr(C)]`, `Copy`, holds only integers and byte
+// arrays (every bit pattern is a valid value) and has no implicit padding
+// (`layouts_have_no_implicit_padding` pins each size), so aya may copy it as
+// bytes in either direction.
+#[cfg(feature = "aya")]
+mod pod {
+    unsafe impl aya::Pod for super::Count {}
+    unsafe impl aya::Pod for super::GuardConfig {}
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::SourceState {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

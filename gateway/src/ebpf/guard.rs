@@ -15,7 +15,6 @@ use tollgate_ebpf_common::{
     ipv4_mapped, Addr, Bucket, GuardConfig, GUARD_CPU_REDIRECT, IPV4_MAPPED_PREFIX_BITS, MAX_CPUS,
 };
 
-use super::sys::Plain;
 use super::{error_chain, Maps};
 use crate::config::{Cidr, EbpfMode, EbpfSettings};
 
@@ -102,7 +101,7 @@ impl Attached {
 pub struct Guard {
     blocklist: LpmTrie<MapData, Addr, u8>,
     allowlist: LpmTrie<MapData, Addr, u8>,
-    config: Array<MapData, Plain<GuardConfig>>,
+    config: Array<MapData, GuardConfig>,
     cpu_map: CpuMap<MapData>,
     redirect_cpus: Array<MapData, u32>,
     /// Interfaces the guard is attached to, with how.
@@ -146,7 +145,7 @@ impl Guard {
         }
         let config = guard_config(settings, targets.len() as u32);
         self.config
-            .set(0, Plain(config), 0)
+            .set(0, config, 0)
             .map_err(|error| format!("GUARD_CONFIG: {}", error_chain(&error)))?;
         sync_list(&mut self.blocklist, "BLOCKLIST", &settings.blocklist)?;
         sync_list(&mut self.allowlist, "ALLOWLIST", &settings.allowlist)?;

@@ -12,7 +12,6 @@ use aya::maps::{HashMap, MapData, PerCpuArray};
 use tollgate_ebpf_common::{Addr, Count, GuardCounter, SourceState, SteerCounter};
 
 use super::guard::address;
-use super::sys::Plain;
 use super::{error_chain, Maps};
 
 /// Sources listed by `tollgate_xdp_top_source_packets`.
@@ -34,9 +33,9 @@ pub struct EbpfMetrics {
 }
 
 struct Readers {
-    guard_counters: PerCpuArray<MapData, Plain<Count>>,
+    guard_counters: PerCpuArray<MapData, Count>,
     steer_counters: PerCpuArray<MapData, u64>,
-    sources: HashMap<MapData, Addr, Plain<SourceState>>,
+    sources: HashMap<MapData, Addr, SourceState>,
     /// Bound on one scan of `SOURCES` (its size: entries can move while it runs).
     sources_limit: usize,
     top: Vec<(IpAddr, u64)>,
@@ -96,8 +95,8 @@ pub fn metrics() -> EbpfMetrics {
         .map(|&counter| {
             readers.guard_counters.get(&(counter as u32), 0).map(|per_cpu| {
                 let total = per_cpu.iter().fold(Count::default(), |sum, cpu| Count {
-                    packets: sum.packets.wrapping_add(cpu.0.packets),
-                    bytes: sum.bytes.wrapping_add(cpu.0.bytes),
+                    packets: sum.packets.wrapping_add(cpu.packets),
+                    bytes: sum.bytes.wrapping_add(cpu.bytes),
                 });
                 (counter, total)
             })
@@ -126,7 +125,7 @@ pub fn metrics() -> EbpfMetrics {
             .iter()
             .take(readers.sources_limit)
             .filter_map(Result::ok)
-            .map(|(addr, state)| (address(&addr), state.0.packets));
+            .map(|(addr, state)| (address(&addr), state.packets));
         readers.top = top_sources(scanned, TOP_SOURCES);
         readers.top_at = Some(Instant::now());
     }

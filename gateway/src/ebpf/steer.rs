@@ -12,7 +12,6 @@ use aya::maps::{HashMap, MapData, ReusePortSockArray};
 use aya::programs::SkReuseport;
 use tollgate_ebpf_common::{ipv4_mapped, steer_index, ListenerKey, AF_INET, AF_INET6, MAX_CPUS, MAX_LISTENERS};
 
-use super::sys::Plain;
 use super::{error_chain, Maps};
 
 /// The key the steering program builds from a listening socket bound to `address`.
@@ -53,7 +52,7 @@ struct Registered {
 }
 
 pub struct Steering {
-    listeners: HashMap<MapData, Plain<ListenerKey>, u32>,
+    listeners: HashMap<MapData, ListenerKey, u32>,
     sockets: ReusePortSockArray<MapData>,
     by_cpu: Vec<(u32, usize)>,
     registered: BTreeMap<SocketAddr, Registered>,
@@ -98,7 +97,7 @@ impl Steering {
                 .map_err(|error| format!("STEER_SOCKETS for CPU {cpu}: {}", error_chain(&error)))?;
         }
         self.listeners
-            .insert(Plain(listener_key(address)), slot, 0)
+            .insert(listener_key(address), slot, 0)
             .map_err(|error| format!("STEER_LISTENERS: {}", error_chain(&error)))?;
         let first = sockets.first().ok_or("the listener has no sockets")?;
         program
@@ -122,7 +121,7 @@ impl Steering {
             return;
         }
         self.registered.remove(&address);
-        if let Err(error) = self.listeners.remove(&Plain(listener_key(address))) {
+        if let Err(error) = self.listeners.remove(&listener_key(address)) {
             tracing::warn!(
                 "ebpf: unregistering listener {name} from steering: {}",
                 error_chain(&error)

@@ -1,15 +1,14 @@
-//! The loader's unsafe code, kept here with its invariants: mounting bpffs,
-//! reading `SO_INCOMING_CPU` through a raw descriptor, and the `aya::Pod`
-//! claims for the shared `#[repr(C)]` map types (aya copies map keys and
-//! values as bytes). Everything else in `crate::ebpf` is safe Rust over aya.
+//! The loader's unsafe code, kept here with its invariants: mounting bpffs
+//! and reading `SO_INCOMING_CPU` through a raw descriptor. (The `aya::Pod`
+//! claims for the shared map types live beside the types, in
+//! tollgate-ebpf-common's `aya` feature.) Everything else in `crate::ebpf`
+//! is safe Rust over aya.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-
-use tollgate_ebpf_common::{Count, GuardConfig, ListenerKey, SourceState};
 
 /// Where bpffs is expected; the pin path lives below it.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -87,24 +86,6 @@ pub unsafe fn incoming_cpu(fd: RawFd) -> Option<u32> {
         .ok()
         .filter(|&cpu| cpu < tollgate_ebpf_common::MAX_CPUS)
 }
-
-/// A shared map type as aya sees it: bytes it may copy in and out.
-#[repr(transparent)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Plain<T>(pub T);
-
-macro_rules! plain {
-    ($($ty:ty),*) => {$(
-        // SAFETY: `$ty` is `#[repr(C)]`, `Copy`, holds only integers and
-        // byte arrays (every bit pattern is a valid value) and has no implicit
-        // padding (tollgate-ebpf-common's layout test pins each size), so
-        // copying it as bytes in either direction is sound. `Plain` is
-        // `repr(transparent)` over it.
-        unsafe impl aya::Pod for Plain<$ty> {}
-    )*};
-}
-
-plain!(Count, GuardConfig, ListenerKey, SourceState);
 
 #[cfg(test)]
 mod tests {
