@@ -18,7 +18,7 @@ use tollgate::ebpf::{object::guard_object, Ebpf, WorkerCpus};
 use tollgate::listener::BoundListener;
 use tollgate_e2e::bpf::PrivateBpffs;
 use tollgate_e2e::netns::{Netns, NetnsPair};
-use tollgate_ebpf_common::{maps, SteerCounter};
+use tollgate_ebpf_common::{ip_of, maps, prefix_bits, SteerCounter};
 
 /// The second interface the guard is moved onto: the namespace's own
 /// loopback, which takes XDP in generic mode.
@@ -45,11 +45,9 @@ fn pinned_list(dir: &Path, name: &str) -> BTreeSet<String> {
     trie.keys()
         .map(|key| {
             let key = key.expect("reading a key");
-            let addr = std::net::Ipv6Addr::from(key.data());
-            match addr.to_ipv4_mapped() {
-                Some(v4) => format!("{v4}/{}", key.prefix_len() - 96),
-                None => format!("{addr}/{}", key.prefix_len()),
-            }
+            let ip = ip_of(&key.data());
+            let mapping = prefix_bits(ip, 0);
+            format!("{ip}/{}", key.prefix_len() - mapping)
         })
         .collect()
 }

@@ -18,8 +18,7 @@ use tollgate_e2e::bpf::frame::{self, Ipv4, ETH_ARP, ETH_IPV4, ETH_IPV6, ETH_QINQ
 use tollgate_e2e::bpf::{self, GuardCounts, PrivateBpffs, Verdict};
 use tollgate_e2e::netns::NetnsPair;
 use tollgate_ebpf_common::{
-    ipv4_mapped, maps, programs, Addr, Bucket, GuardConfig, GuardCounter, SourceState, GUARD_CPU_REDIRECT,
-    IPV4_MAPPED_PREFIX_BITS,
+    addr_of, maps, prefix_bits, programs, Addr, Bucket, GuardConfig, GuardCounter, SourceState, GUARD_CPU_REDIRECT,
 };
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -117,23 +116,12 @@ impl Guard {
     fn source(&self, addr: IpAddr) -> Option<SourceState> {
         let map: HashMap<_, Addr, SourceState> =
             HashMap::try_from(self.ebpf.map(maps::SOURCES).expect("SOURCES")).expect("hash map");
-        map.get(&addr_key(addr), 0).ok()
-    }
-}
-
-fn addr_key(addr: IpAddr) -> Addr {
-    match addr {
-        IpAddr::V4(a) => ipv4_mapped(a.octets()),
-        IpAddr::V6(a) => a.octets(),
+        map.get(&addr_of(addr), 0).ok()
     }
 }
 
 fn lpm_key(addr: IpAddr, prefix_len: u32) -> Key<Addr> {
-    let bits = match addr {
-        IpAddr::V4(_) => IPV4_MAPPED_PREFIX_BITS + prefix_len,
-        IpAddr::V6(_) => prefix_len,
-    };
-    Key::new(bits, addr_key(addr))
+    Key::new(prefix_bits(addr, prefix_len), addr_of(addr))
 }
 
 /// SYNs limited to a burst of `burst` (refilling one per second, nothing

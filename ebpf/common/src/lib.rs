@@ -74,6 +74,32 @@ pub const fn ipv4_mapped(octets: [u8; 4]) -> Addr {
     ]
 }
 
+/// `ip` as the maps hold it (IPv4 mapped into `::ffff:0:0/96`).
+pub const fn addr_of(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(v4) => ipv4_mapped(v4.octets()),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// An address as the maps hold it, back as an IP address (mapped IPv4 as IPv4).
+pub const fn ip_of(addr: &Addr) -> core::net::IpAddr {
+    let v6 = core::net::Ipv6Addr::from_octets(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => core::net::IpAddr::V4(v4),
+        None => core::net::IpAddr::V6(v6),
+    }
+}
+
+/// The trie prefix length of `prefix_len` bits of `ip` (an IPv4 prefix sits
+/// below the 96 bits of the mapping).
+pub const fn prefix_bits(ip: core::net::IpAddr, prefix_len: u32) -> u32 {
+    match ip {
+        core::net::IpAddr::V4(_) => IPV4_MAPPED_PREFIX_BITS + prefix_len,
+        core::net::IpAddr::V6(_) => prefix_len,
+    }
+}
+
 /// An LPM trie key as the kernel lays it out: prefix length in bits, then the
 /// address. (aya's `Key<Addr>` has this layout; the type here documents it
 /// for both sides.)
@@ -322,6 +348,18 @@ mod tests {
         assert_eq!(b.fill_ns, 500_000_000);
         assert!(!Bucket::new(0, 10).enabled());
         assert_eq!(Bucket::new(10, 0).burst_credit, CREDIT_PER_TOKEN);
+    }
+
+    #[test]
+    fn addresses_map_both_ways_with_ipv4_inside_the_mapping() {
+        use core::net::IpAddr;
+        let v4: IpAddr = "198.51.100.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(addr_of(v4), ipv4_mapped([198, 51, 100, 7]));
+        assert_eq!(ip_of(&addr_of(v4)), v4);
+        assert_eq!(ip_of(&addr_of(v6)), v6);
+        assert_eq!(prefix_bits(v4, 24), 120);
+        assert_eq!(prefix_bits(v6, 32), 32);
     }
 
     #[test]

@@ -5,15 +5,12 @@
 //! diff is a pure function over sets), and the CPU-redirect maps.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, CpuMap, MapData};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{Xdp, XdpMode};
-use tollgate_ebpf_common::{
-    ipv4_mapped, Addr, Bucket, GuardConfig, GUARD_CPU_REDIRECT, IPV4_MAPPED_PREFIX_BITS, MAX_CPUS,
-};
+use tollgate_ebpf_common::{addr_of, prefix_bits, Addr, Bucket, GuardConfig, GUARD_CPU_REDIRECT, MAX_CPUS};
 
 use super::{error_chain, Maps};
 use crate::config::{Cidr, EbpfMode, EbpfSettings};
@@ -26,22 +23,7 @@ const CPU_MAP_QUEUE: u32 = 2048;
 
 /// The trie key of a configured prefix: IPv4 goes into ::ffff:0:0/96.
 pub fn prefix(cidr: &Cidr) -> Prefix {
-    match cidr.addr {
-        IpAddr::V4(v4) => (
-            IPV4_MAPPED_PREFIX_BITS + u32::from(cidr.prefix_len),
-            ipv4_mapped(v4.octets()),
-        ),
-        IpAddr::V6(v6) => (u32::from(cidr.prefix_len), v6.octets()),
-    }
-}
-
-/// An address as the maps hold it, back as an `IpAddr` (mapped IPv4 as IPv4).
-pub fn address(addr: &Addr) -> IpAddr {
-    let v6 = std::net::Ipv6Addr::from(*addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
+    (prefix_bits(cidr.addr, u32::from(cidr.prefix_len)), addr_of(cidr.addr))
 }
 
 /// What to delete from and add to a list so it holds exactly `desired`.
@@ -252,6 +234,7 @@ fn sync_list(map: &mut LpmTrie<MapData, Addr, u8>, name: &str, desired: &[Cidr])
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_ebpf_common::{ip_of, ipv4_mapped};
 
     fn cidrs(list: &[&str]) -> Vec<Cidr> {
         list.iter().map(|text| text.parse().unwrap()).collect()
@@ -265,8 +248,8 @@ mod tests {
         let v6 = prefix(&"2001:db8::/32".parse().unwrap());
         assert_eq!(v6.0, 32);
         assert_eq!(v6.1[..4], [0x20, 0x01, 0x0d, 0xb8]);
-        assert_eq!(address(&ipv4_mapped([198, 51, 100, 7])).to_string(), "198.51.100.7");
-        assert_eq!(address(&v6.1).to_string(), "2001:db8::");
+        assert_eq!(ip_of(&ipv4_mapped([198, 51, 100, 7])).to_string(), "198.51.100.7");
+        assert_eq!(ip_of(&v6.1).to_string(), "2001:db8::");
     }
 
     #[test]

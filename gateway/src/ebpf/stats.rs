@@ -9,9 +9,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use tollgate_ebpf_common::{Addr, Count, GuardCounter, SourceState, SteerCounter};
+use tollgate_ebpf_common::{ip_of, Addr, Count, GuardCounter, SourceState, SteerCounter};
 
-use super::guard::address;
 use super::{error_chain, Maps};
 
 /// Sources listed by `tollgate_xdp_top_source_packets`.
@@ -125,7 +124,7 @@ pub fn metrics() -> EbpfMetrics {
             .iter()
             .take(readers.sources_limit)
             .filter_map(Result::ok)
-            .map(|(addr, state)| (address(&addr), state.packets));
+            .map(|(addr, state)| (ip_of(&addr), state.packets));
         readers.top = top_sources(scanned, TOP_SOURCES);
         readers.top_at = Some(Instant::now());
     }

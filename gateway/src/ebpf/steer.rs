@@ -10,23 +10,16 @@ use std::net::{SocketAddr, TcpListener};
 
 use aya::maps::{HashMap, MapData, ReusePortSockArray};
 use aya::programs::SkReuseport;
-use tollgate_ebpf_common::{ipv4_mapped, steer_index, ListenerKey, AF_INET, AF_INET6, MAX_CPUS, MAX_LISTENERS};
+use tollgate_ebpf_common::{addr_of, steer_index, ListenerKey, AF_INET, AF_INET6, MAX_CPUS, MAX_LISTENERS};
 
 use super::{error_chain, Maps};
 
 /// The key the steering program builds from a listening socket bound to `address`.
 pub fn listener_key(address: SocketAddr) -> ListenerKey {
-    match address {
-        SocketAddr::V4(v4) => ListenerKey {
-            family: AF_INET,
-            port: u32::from(v4.port()),
-            addr: ipv4_mapped(v4.ip().octets()),
-        },
-        SocketAddr::V6(v6) => ListenerKey {
-            family: AF_INET6,
-            port: u32::from(v6.port()),
-            addr: v6.ip().octets(),
-        },
+    ListenerKey {
+        family: if address.is_ipv4() { AF_INET } else { AF_INET6 },
+        port: u32::from(address.port()),
+        addr: addr_of(address.ip()),
     }
 }
 
@@ -145,6 +138,7 @@ impl Steering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_ebpf_common::ipv4_mapped;
 
     #[test]
     fn listener_keys_match_what_the_program_reads() {
