@@ -379,16 +379,19 @@ fn broken_ipv6_headers_are_dropped_as_malformed() {
     guard.expect(&version4, GuardCounter::Malformed);
 }
 
+/// Every IPv6 extension header kind the guard walks.
+const EXT_KINDS: [u8; 5] = [
+    frame::EXT_HOP_BY_HOP,
+    frame::EXT_ROUTING,
+    frame::EXT_DEST_OPTS,
+    frame::EXT_FRAGMENT,
+    frame::EXT_AUTH,
+];
+
 #[test]
 fn every_ipv6_extension_header_kind_is_walked_to_the_tcp_header() {
     let syn = tcp6(frame::TCP_SYN);
-    for kind in [
-        frame::EXT_HOP_BY_HOP,
-        frame::EXT_ROUTING,
-        frame::EXT_DEST_OPTS,
-        frame::EXT_FRAGMENT,
-        frame::EXT_AUTH,
-    ] {
+    for kind in EXT_KINDS {
         assert_l4_found(&v6_chain(&[kind], &syn));
     }
     assert_l4_found(&v6_chain(
@@ -441,13 +444,7 @@ fn ipv6_chains_are_walked_six_headers_deep_and_no_further() {
 fn truncated_ipv6_extension_headers_are_dropped_as_malformed() {
     let guard = Guard::new();
     let syn = tcp6(frame::TCP_SYN);
-    for kind in [
-        frame::EXT_HOP_BY_HOP,
-        frame::EXT_ROUTING,
-        frame::EXT_DEST_OPTS,
-        frame::EXT_FRAGMENT,
-        frame::EXT_AUTH,
-    ] {
+    for kind in EXT_KINDS {
         let whole = v6_chain(&[kind], &syn);
         // Cut inside the extension header (it starts at byte 54).
         for cut in [55, 58] {
