@@ -406,10 +406,12 @@ impl GuardCounts {
     fn sum<T: std::borrow::Borrow<MapData>>(counters: &PerCpuArray<T, Count>) -> Result<GuardCounts, String> {
         let mut out = [Count::default(); GUARD_COUNTERS_LEN as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            for per_cpu in counters.get(&(i as u32), 0).map_err(|e| chain(&e))?.iter() {
-                slot.packets += per_cpu.packets;
-                slot.bytes += per_cpu.bytes;
-            }
+            *slot = counters
+                .get(&(i as u32), 0)
+                .map_err(|e| chain(&e))?
+                .iter()
+                .copied()
+                .sum();
         }
         Ok(GuardCounts(out))
     }

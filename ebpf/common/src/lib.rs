@@ -254,6 +254,16 @@ pub struct Count {
     pub bytes: u64,
 }
 
+/// The total of per-CPU values (counters wrap, as the kernel's do).
+impl core::iter::Sum for Count {
+    fn sum<I: Iterator<Item = Count>>(counts: I) -> Count {
+        counts.fold(Count::default(), |sum, count| Count {
+            packets: sum.packets.wrapping_add(count.packets),
+            bytes: sum.bytes.wrapping_add(count.bytes),
+        })
+    }
+}
+
 /// A listener as the steering program sees it: the listening socket's family
 /// (`AF_INET` 2 or `AF_INET6` 10), local port (host byte order) and bound
 /// address (`Addr`; all zeros or `ipv4_mapped([0; 4])` for a wildcard).
@@ -360,6 +370,24 @@ mod tests {
         assert_eq!(ip_of(&addr_of(v6)), v6);
         assert_eq!(prefix_bits(v4, 24), 120);
         assert_eq!(prefix_bits(v6, 32), 32);
+    }
+
+    #[test]
+    fn counts_sum_field_by_field() {
+        let per_cpu = [
+            Count { packets: 1, bytes: 60 },
+            Count {
+                packets: 2,
+                bytes: 1500,
+            },
+        ];
+        assert_eq!(
+            per_cpu.into_iter().sum::<Count>(),
+            Count {
+                packets: 3,
+                bytes: 1560
+            }
+        );
     }
 
     #[test]

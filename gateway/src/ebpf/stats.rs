@@ -92,13 +92,10 @@ pub fn metrics() -> EbpfMetrics {
     let guard: Result<Vec<_>, _> = GuardCounter::ALL
         .iter()
         .map(|&counter| {
-            readers.guard_counters.get(&(counter as u32), 0).map(|per_cpu| {
-                let total = per_cpu.iter().fold(Count::default(), |sum, cpu| Count {
-                    packets: sum.packets.wrapping_add(cpu.packets),
-                    bytes: sum.bytes.wrapping_add(cpu.bytes),
-                });
-                (counter, total)
-            })
+            readers
+                .guard_counters
+                .get(&(counter as u32), 0)
+                .map(|per_cpu| (counter, per_cpu.iter().copied().sum()))
         })
         .collect();
     match guard {
